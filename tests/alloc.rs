@@ -1,0 +1,175 @@
+//! Counts heap allocations on the success path of each layer: it must be zero.
+//!
+//! A counting global allocator counts only while this thread has switched counting on, and
+//! every test drives its calls on a current-thread runtime, so what is counted is exactly the
+//! work of the calls. Each scenario runs a warm-up first (the runtime and the timer wheel set
+//! themselves up lazily), then counts over many calls.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bulwark::TimeoutLayer;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note_allocation() {
+    // `try_with`: the allocator may run while thread-locals are being torn down.
+    let _ = COUNTING.try_with(|counting| {
+        if counting.get() {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every method forwards to the system allocator unchanged; counting touches only
+// const-initialised thread-locals, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_allocation();
+        System.realloc(ptr, layout, new_size)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `calls` on a fresh current-thread runtime and returns the allocations made by the
+/// counted part, per call.
+fn allocations_per_call<S, F>(mut svc: S, calls: usize, mut request: impl FnMut() -> u64) -> f64
+where
+    S: Service<u64, Future = F>,
+    F: Future<Output = Result<u64, S::Error>>,
+    S::Error: std::fmt::Debug,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..100 {
+            svc.ready().await.unwrap().call(request()).await.unwrap();
+        }
+        ALLOCATIONS.with(|n| n.set(0));
+        COUNTING.with(|c| c.set(true));
+        for _ in 0..calls {
+            let req = request();
+            let res = svc.ready().await.unwrap().call(req).await.unwrap();
+            assert_eq!(res, req);
+        }
+        COUNTING.with(|c| c.set(false));
+    });
+    ALLOCATIONS.with(|n| n.get()) as f64 / calls as f64
+}
+
+/// A future that is pending once (waking itself) before it completes, so the layers around
+/// it really arm their timers and register wakers.
+struct PendingOnce(Option<u64>, bool);
+
+impl Future for PendingOnce {
+    type Output = Result<u64, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if !self.1 {
+            self.1 = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(self.0.take().unwrap()))
+    }
+}
+
+fn ready_inner() -> impl Service<
+    u64,
+    Response = u64,
+    Error = Infallible,
+    Future = impl Future<Output = Result<u64, Infallible>>,
+> {
+    service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)))
+}
+
+fn pending_once_inner(
+) -> impl Service<u64, Response = u64, Error = Infallible, Future = PendingOnce> {
+    service_fn(|x: u64| PendingOnce(Some(x), false))
+}
+
+#[test]
+fn the_baseline_allocates_nothing() {
+    // If this fails, the harness itself allocates and the other results mean nothing.
+    let mut n = 0;
+    assert_eq!(
+        allocations_per_call(ready_inner(), 1_000, || {
+            n += 1;
+            n
+        }),
+        0.0
+    );
+    let mut n = 0;
+    assert_eq!(
+        allocations_per_call(pending_once_inner(), 1_000, || {
+            n += 1;
+            n
+        }),
+        0.0
+    );
+}
+
+#[test]
+fn the_counter_sees_an_allocation_per_call() {
+    // A service that boxes its future must show up, or the counter is not counting.
+    let boxing = service_fn(|x: u64| Box::pin(std::future::ready(Ok::<_, Infallible>(x))));
+    let mut n = 0;
+    assert_eq!(
+        allocations_per_call(boxing, 1_000, || {
+            n += 1;
+            n
+        }),
+        1.0
+    );
+}
+
+#[test]
+fn timeout_success_path_allocates_nothing() {
+    let layer = TimeoutLayer::new(Duration::from_secs(5));
+    let mut n = 0;
+    assert_eq!(
+        allocations_per_call(layer.layer(ready_inner()), 1_000, || {
+            n += 1;
+            n
+        }),
+        0.0
+    );
+    let mut n = 0;
+    assert_eq!(
+        allocations_per_call(layer.layer(pending_once_inner()), 1_000, || {
+            n += 1;
+            n
+        }),
+        0.0,
+        "with the timer armed"
+    );
+}
