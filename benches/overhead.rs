@@ -1,1 +1,141 @@
-fn main() {}
+//! Per-call overhead of bulwark's layers beside tower's own, measured in the same run.
+//!
+//! ```sh
+//! cargo bench --bench overhead            # full run
+//! cargo bench --bench overhead -- --test  # smoke: each bench once (what CI runs)
+//! ```
+//!
+//! Each benchmark drives `iters` calls (`ready().await` then `call(..).await`) on one runtime
+//! and reports time per call. Compare each layer with `baseline` (a bare `service_fn` whose
+//! future is ready at once) and with tower's equivalent layer: the difference is the layer's
+//! cost, and the ratio between bulwark and tower is what matters on a noisy machine.
+//!
+//! Modes:
+//! - `ready`: the inner future completes on its first poll.
+//! - `pending_once`: the inner future is pending once before completing, so timers really arm
+//!   and wakers are registered.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use tokio::runtime::Runtime;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+/// A future pending once (waking itself at once) before it completes.
+struct PendingOnce(Option<u64>);
+
+impl Future for PendingOnce {
+    type Output = Result<u64, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.0.take() {
+            Some(x) if x & (1 << 63) == 0 => {
+                self.0 = Some(x | (1 << 63));
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Some(x) => Poll::Ready(Ok(x & !(1 << 63))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Ready,
+    PendingOnce,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Ready => "ready",
+            Mode::PendingOnce => "pending_once",
+        }
+    }
+}
+
+type Inner = tower::util::ServiceFn<fn(u64) -> Either>;
+
+/// The inner future of either mode, so every layer wraps the same service type.
+enum Either {
+    Ready(std::future::Ready<Result<u64, Infallible>>),
+    PendingOnce(PendingOnce),
+}
+
+impl Future for Either {
+    type Output = Result<u64, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Either::Ready(f) => Pin::new(f).poll(cx),
+            Either::PendingOnce(f) => Pin::new(f).poll(cx),
+        }
+    }
+}
+
+fn inner(mode: Mode) -> Inner {
+    match mode {
+        Mode::Ready => service_fn(|x| Either::Ready(std::future::ready(Ok(x)))),
+        Mode::PendingOnce => service_fn(|x| Either::PendingOnce(PendingOnce(Some(x)))),
+    }
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+fn bench_sequential<S>(c: &mut Criterion, group: &str, name: &str, mode: Mode, svc: S)
+where
+    S: Service<u64, Response = u64> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let rt = runtime();
+    let mut group = c.benchmark_group(format!("{group}/{}", mode.name()));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut svc = svc.clone();
+            rt.block_on(async {
+                let start = tokio::time::Instant::now();
+                for i in 0..iters {
+                    let res = svc.ready().await.unwrap().call(black_box(i)).await.unwrap();
+                    black_box(res);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+fn timeout(c: &mut Criterion) {
+    let limit = Duration::from_secs(30);
+    for mode in [Mode::Ready, Mode::PendingOnce] {
+        bench_sequential(c, "timeout", "baseline", mode, inner(mode));
+        bench_sequential(
+            c,
+            "timeout",
+            "tower",
+            mode,
+            tower::timeout::TimeoutLayer::new(limit).layer(inner(mode)),
+        );
+        bench_sequential(
+            c,
+            "timeout",
+            "bulwark",
+            mode,
+            bulwark::TimeoutLayer::new(limit).layer(inner(mode)),
+        );
+    }
+}
+
+criterion_group!(benches, timeout);
+criterion_main!(benches);

@@ -69,3 +69,8 @@ pub mod timeout;
 
 pub use crate::error::BoxError;
 pub use crate::timeout::{Timeout, TimeoutLayer};
+
+/// Compiles and runs the Rust snippets of the README, so it stays true to the code.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

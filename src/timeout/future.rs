@@ -6,7 +6,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::error::Elapsed;
 use crate::BoxError;
@@ -15,25 +15,37 @@ pin_project! {
     /// The response future of [`Timeout`](super::Timeout): the inner response future raced
     /// against a timer.
     ///
-    /// Dropping it drops the inner future, which cancels the call.
+    /// The deadline is fixed when the call is made; the timer itself is armed only if the
+    /// inner future is not ready on its first poll, so a response that is ready at once costs
+    /// no timer at all. Dropping this future drops the inner future, which cancels the call.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
         response: F,
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
+        deadline: Instant,
         after: Duration,
     }
 }
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(response: F, after: Duration) -> Self {
+        let now = Instant::now();
         ResponseFuture {
             response,
-            sleep: tokio::time::sleep(after),
+            sleep: None,
+            // Saturate rather than panic on an absurd duration: such a call never times out.
+            deadline: now.checked_add(after).unwrap_or_else(|| far_future(now)),
             after,
         }
     }
+}
+
+/// A deadline that never comes, for durations too long to add to `now`.
+fn far_future(now: Instant) -> Instant {
+    // About 30 years, as tokio itself uses for "never".
+    now + Duration::from_secs(86_400 * 365 * 30)
 }
 
 impl<F, T, E> Future for ResponseFuture<F>
@@ -44,14 +56,19 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
 
         // The response first: one that is ready at the deadline still wins.
         if let Poll::Ready(result) = this.response.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
 
-        ready!(this.sleep.poll(cx));
+        if this.sleep.is_none() {
+            this.sleep
+                .set(Some(tokio::time::sleep_until(*this.deadline)));
+        }
+        let sleep = this.sleep.as_pin_mut().expect("the timer was just armed");
+        ready!(sleep.poll(cx));
         tracing::debug!(target: "bulwark::timeout", after = ?*this.after, "request timed out");
         Poll::Ready(Err(Box::new(Elapsed::new(*this.after))))
     }

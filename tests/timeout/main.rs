@@ -276,3 +276,16 @@ mod axum_router {
         assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
     }
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_absurdly_long_timeout_does_not_panic_and_never_elapses() {
+    let (mut svc, mut handle) =
+        mock::spawn_layer::<&str, &str, _>(TimeoutLayer::new(Duration::MAX));
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = task::spawn(svc.call("ping"));
+    assert_pending!(fut.poll());
+    time::advance(Duration::from_secs(86_400 * 365)).await;
+    assert_pending!(fut.poll());
+    assert_request_eq!(handle, "ping").send_response("pong");
+    assert_eq!(assert_ready_ok!(fut.poll()), "pong");
+}
