@@ -6,7 +6,8 @@
 //! - [`Outcome::Success`]: the downstream did its job.
 //! - [`Outcome::Failure`]: the downstream failed; count it.
 //! - [`Outcome::Ignored`]: says nothing about the downstream's health (a call the client gave
-//!   up on, a request the caller got wrong); count it for nothing.
+//!   up on, a rejection by bulwark itself before the downstream was called); count it for
+//!   nothing. None of the classifiers here return it; a custom one may.
 //!
 //! The classifiers here:
 //!

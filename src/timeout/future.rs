@@ -20,8 +20,10 @@ pin_project! {
     /// no timer at all. Dropping this future drops the inner future, which cancels the call.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
+        // `None` once the deadline has passed: the call is cancelled then, not when this
+        // future is dropped.
         #[pin]
-        response: F,
+        response: Option<F>,
         #[pin]
         sleep: Option<Sleep>,
         deadline: Instant,
@@ -33,7 +35,7 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn new(response: F, after: Duration) -> Self {
         let now = Instant::now();
         ResponseFuture {
-            response,
+            response: Some(response),
             sleep: None,
             // Saturate rather than panic on an absurd duration: such a call never times out.
             deadline: now.checked_add(after).unwrap_or_else(|| far_future(now)),
@@ -59,7 +61,10 @@ where
         let mut this = self.project();
 
         // The response first: one that is ready at the deadline still wins.
-        if let Poll::Ready(result) = this.response.poll(cx) {
+        let Some(response) = this.response.as_mut().as_pin_mut() else {
+            panic!("timeout ResponseFuture polled after completion");
+        };
+        if let Poll::Ready(result) = response.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
 
@@ -69,6 +74,8 @@ where
         }
         let sleep = this.sleep.as_pin_mut().expect("the timer was just armed");
         ready!(sleep.poll(cx));
+        // Cancel the call now: drop the inner future and everything it holds.
+        this.response.set(None);
         tracing::debug!(target: "bulwark::timeout", after = ?*this.after, "request timed out");
         Poll::Ready(Err(Box::new(Elapsed::new(*this.after))))
     }

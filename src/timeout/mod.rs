@@ -1,8 +1,8 @@
 //! Bound how long a call's response may take.
 //!
 //! [`Timeout`] fails a call with [`Elapsed`](error::Elapsed) when the inner service's response
-//! future has not completed within the configured duration, and drops that future, which
-//! cancels the call.
+//! future has not completed within the configured duration, and drops that future at that
+//! moment, which cancels the call.
 //!
 //! ```
 //! use std::time::Duration;
@@ -53,6 +53,13 @@
 //! error type still works. [`crate::error::find`] finds `Elapsed` even when another layer has
 //! wrapped it.
 //!
+//! # Panics
+//!
+//! Like every `tokio::time` timer, the timer panics when it is armed outside a tokio runtime
+//! with the time driver enabled (`enable_time` or `enable_all`). It is armed only when the
+//! inner future is not ready on its first poll, so a misconfigured runtime may show up only
+//! once a call is slow.
+//!
 //! # Clone
 //!
 //! Cloning a `Timeout` clones the inner service; the layer holds no shared state.
@@ -89,11 +96,6 @@ impl<S> Timeout<S> {
     /// Wraps `inner` so every call's response future is bounded by `timeout`.
     pub const fn new(inner: S, timeout: Duration) -> Self {
         Timeout { inner, timeout }
-    }
-
-    /// Returns a layer that wraps services in a `Timeout` of `timeout`.
-    pub const fn layer(timeout: Duration) -> TimeoutLayer {
-        TimeoutLayer::new(timeout)
     }
 
     /// The duration each call is bounded by.

@@ -133,7 +133,7 @@ async fn dropping_the_response_future_cancels_the_inner_call() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn elapsing_drops_the_inner_future() {
+async fn elapsing_cancels_the_inner_call_at_once() {
     let live = Live::new();
     let tracker = live.clone();
     let inner = service_fn(move |_: ()| {
@@ -142,15 +142,30 @@ async fn elapsing_drops_the_inner_future() {
             Ok::<_, Infallible>("late")
         })
     });
-    let svc = ServiceBuilder::new()
+    let mut svc = ServiceBuilder::new()
         .layer(TimeoutLayer::new(LIMIT))
         .service(inner);
 
-    let started = time::Instant::now();
-    let err = svc.oneshot(()).await.unwrap_err();
+    let mut fut = task::spawn(svc.ready().await.unwrap().call(()));
+    assert_pending!(fut.poll());
+    time::advance(LIMIT).await;
+    let err = assert_ready_err!(fut.poll());
     assert!(err.is::<Elapsed>());
-    assert_eq!(started.elapsed(), LIMIT);
+    // Cancelled when it elapsed, while our future is still alive.
     assert_eq!(live.count(), 0);
+    drop(fut);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_response_ready_on_the_same_poll_as_the_deadline_wins() {
+    let (mut svc, mut handle) = mock::spawn_layer::<&str, &str, _>(TimeoutLayer::new(LIMIT));
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = task::spawn(svc.call("ping"));
+    assert_pending!(fut.poll());
+    assert_request_eq!(handle, "ping").send_response("pong");
+    time::advance(LIMIT).await;
+    // Both the response and the timer are ready now: the response is returned.
+    assert_eq!(assert_ready_ok!(fut.poll()), "pong");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
