@@ -14,6 +14,8 @@
 //! - `ready`: the inner future completes on its first poll.
 //! - `pending_once`: the inner future is pending once before completing, so timers really arm
 //!   and wakers are registered.
+//! - `contended`: 64 tasks on a 2-worker multi-thread runtime, each calling its own clone of
+//!   one service; reported time is wall time per call across all tasks (lower is better).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -116,6 +118,100 @@ where
     group.finish();
 }
 
+/// 64 tasks on 2 worker threads share clones of `svc`; returns wall time per call.
+fn bench_contended<S>(c: &mut Criterion, group: &str, name: &str, svc: S)
+where
+    S: Service<u64, Response = u64> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug + Send,
+    S::Future: Send,
+{
+    const TASKS: u64 = 64;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut group = c.benchmark_group(format!("{group}/contended"));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let per_task = iters.div_ceil(TASKS);
+            rt.block_on(async {
+                let start = tokio::time::Instant::now();
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|_| {
+                        let mut svc = svc.clone();
+                        tokio::spawn(async move {
+                            for i in 0..per_task {
+                                let res = svc.ready().await.unwrap().call(black_box(i)).await;
+                                black_box(res.unwrap());
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                // Scale to the `iters` criterion asked for.
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per_task * TASKS) as f64)
+            })
+        })
+    });
+    group.finish();
+}
+
+fn bulkhead(c: &mut Criterion) {
+    const CAP: usize = 1024;
+    let layer = || {
+        bulwark::BulkheadLayer::builder("bench")
+            .max_concurrent(CAP)
+            .build()
+            .expect("a valid bulkhead")
+    };
+    // The same cap, with a max_wait: slots are then a fair semaphore's permits.
+    let waiting = || {
+        bulwark::BulkheadLayer::builder("bench")
+            .max_concurrent(CAP)
+            .max_wait(Duration::from_millis(10))
+            .build()
+            .expect("a valid bulkhead")
+    };
+    for mode in [Mode::Ready, Mode::PendingOnce] {
+        bench_sequential(c, "bulkhead", "baseline", mode, inner(mode));
+        bench_sequential(
+            c,
+            "bulkhead",
+            "tower_concurrency_limit",
+            mode,
+            tower::limit::ConcurrencyLimitLayer::new(CAP).layer(inner(mode)),
+        );
+        bench_sequential(c, "bulkhead", "bulwark", mode, layer().layer(inner(mode)));
+        bench_sequential(
+            c,
+            "bulkhead",
+            "bulwark_max_wait",
+            mode,
+            waiting().layer(inner(mode)),
+        );
+    }
+    let mode = Mode::PendingOnce;
+    bench_contended(c, "bulkhead", "baseline", inner(mode));
+    bench_contended(
+        c,
+        "bulkhead",
+        "tower_concurrency_limit",
+        tower::limit::ConcurrencyLimitLayer::new(CAP).layer(inner(mode)),
+    );
+    bench_contended(c, "bulkhead", "bulwark", layer().layer(inner(mode)));
+    bench_contended(
+        c,
+        "bulkhead",
+        "bulwark_max_wait",
+        waiting().layer(inner(mode)),
+    );
+}
+
 fn timeout(c: &mut Criterion) {
     let limit = Duration::from_secs(30);
     for mode in [Mode::Ready, Mode::PendingOnce] {
@@ -137,5 +233,5 @@ fn timeout(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, timeout);
+criterion_group!(benches, timeout, bulkhead);
 criterion_main!(benches);

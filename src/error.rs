@@ -29,6 +29,7 @@
 use std::error::Error;
 use std::fmt;
 
+use crate::bulkhead::error::BulkheadFull;
 use crate::timeout::error::Elapsed;
 
 /// A type-erased error, as returned by every bulwark layer that can fail.
@@ -68,6 +69,58 @@ where
     find::<T>(err).is_some()
 }
 
+/// A layer's configuration was invalid: returned by the `build()` of each layer's builder.
+///
+/// Names the component, the bad field and what is wrong with it, for example
+/// ``invalid bulkhead config: `max_concurrent` must be greater than zero``.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    component: &'static str,
+    field: &'static str,
+    problem: &'static str,
+}
+
+impl ConfigError {
+    pub(crate) const fn new(
+        component: &'static str,
+        field: &'static str,
+        problem: &'static str,
+    ) -> Self {
+        ConfigError {
+            component,
+            field,
+            problem,
+        }
+    }
+
+    /// The component whose configuration was invalid, such as `"bulkhead"`.
+    pub const fn component(&self) -> &'static str {
+        self.component
+    }
+
+    /// The configuration field that was invalid, such as `"max_concurrent"`.
+    pub const fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// What is wrong with the field, such as `"must be greater than zero"`.
+    pub const fn problem(&self) -> &'static str {
+        self.problem
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {} config: `{}` {}",
+            self.component, self.field, self.problem
+        )
+    }
+}
+
+impl Error for ConfigError {}
+
 /// A rejection by one of bulwark's own layers, found by [`rejection`].
 ///
 /// New layers add variants, so match with a wildcard arm.
@@ -76,12 +129,15 @@ where
 pub enum Rejection<'a> {
     /// A [`Timeout`](crate::timeout::Timeout) gave up waiting for the response.
     Elapsed(&'a Elapsed),
+    /// A [`Bulkhead`](crate::bulkhead::Bulkhead) had no free slot (within its `max_wait`).
+    BulkheadFull(&'a BulkheadFull),
 }
 
 impl fmt::Display for Rejection<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rejection::Elapsed(e) => fmt::Display::fmt(e, f),
+            Rejection::BulkheadFull(e) => fmt::Display::fmt(e, f),
         }
     }
 }
@@ -95,6 +151,9 @@ pub fn rejection<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>> {
     while let Some(err) = next {
         if let Some(e) = err.downcast_ref::<Elapsed>() {
             return Some(Rejection::Elapsed(e));
+        }
+        if let Some(e) = err.downcast_ref::<BulkheadFull>() {
+            return Some(Rejection::BulkheadFull(e));
         }
         next = err.source();
     }

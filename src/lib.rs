@@ -11,7 +11,7 @@
 //! | Timeout | [`timeout`] | available |
 //! | Circuit breaker | `circuit_breaker` | planned |
 //! | Retry with backoff and budget | `retry` | planned |
-//! | Bulkhead | `bulkhead` | planned |
+//! | Bulkhead | [`bulkhead`] | available |
 //!
 //! # Example
 //!
@@ -56,17 +56,20 @@
 //!
 //! # Minimum supported Rust version
 //!
-//! The MSRV is 1.75 (declared in `Cargo.toml`).
+//! The MSRV is 1.85, the MSRV of the tokio version bulwark builds with (declared in
+//! `Cargo.toml`).
 //!
 //! [`tower::Service`]: tower_service::Service
 
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bulkhead;
 pub mod classify;
 pub mod error;
 pub mod timeout;
 
+pub use crate::bulkhead::{Bulkhead, BulkheadLayer};
 pub use crate::error::BoxError;
 pub use crate::timeout::{Timeout, TimeoutLayer};
 

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bulwark::TimeoutLayer;
+use bulwark::{BulkheadLayer, TimeoutLayer};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 struct Counting;
@@ -172,4 +172,31 @@ fn timeout_success_path_allocates_nothing() {
         0.0,
         "with the timer armed"
     );
+}
+
+#[test]
+fn bulkhead_admit_path_allocates_nothing() {
+    let layer = BulkheadLayer::builder("alloc")
+        .max_concurrent(8)
+        .max_wait(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let mut n = 0;
+    assert_eq!(
+        allocations_per_call(layer.layer(ready_inner()), 1_000, || {
+            n += 1;
+            n
+        }),
+        0.0
+    );
+    let mut n = 0;
+    assert_eq!(
+        allocations_per_call(layer.layer(pending_once_inner()), 1_000, || {
+            n += 1;
+            n
+        }),
+        0.0,
+        "with the inner future pending once"
+    );
+    assert_eq!(layer.handle().peak_in_flight(), 1);
 }
