@@ -176,9 +176,16 @@ fn timeout_success_path_allocates_nothing() {
 
 #[test]
 fn bulkhead_admit_path_allocates_nothing() {
+    // Both kinds of slots: the lock-free counter (no max_wait) and the fair semaphore.
+    for max_wait in [Duration::ZERO, Duration::from_millis(10)] {
+        bulkhead_admit_path_allocates_nothing_with(max_wait);
+    }
+}
+
+fn bulkhead_admit_path_allocates_nothing_with(max_wait: Duration) {
     let layer = BulkheadLayer::builder("alloc")
         .max_concurrent(8)
-        .max_wait(Duration::from_millis(10))
+        .max_wait(max_wait)
         .build()
         .unwrap();
     let mut n = 0;

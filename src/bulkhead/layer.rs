@@ -158,6 +158,10 @@ impl BulkheadHandle {
     }
 
     /// The most slots ever taken at once.
+    ///
+    /// Exact for a bulkhead that never waits. With a `max_wait`, the count is read from the
+    /// semaphore just after each admission, so a peak that lasted only while other calls were
+    /// finishing at that very moment may be missed.
     pub fn peak_in_flight(&self) -> usize {
         self.shared.peak_in_flight()
     }

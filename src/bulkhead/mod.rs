@@ -43,10 +43,15 @@
 //! toward the cap too. When the bulkhead is full, `poll_ready`:
 //!
 //! - with `max_wait` zero (the default), returns `Ready(Ok(()))` at once, and the next `call`
-//!   returns an immediately ready `BulkheadFull` error without calling the inner service;
+//!   returns an immediately ready `BulkheadFull` error without calling the inner service
+//!   (a later `poll_ready` on the same service looks for a free slot again);
 //! - with a `max_wait`, is pending until a slot frees (then waits for the inner service as
 //!   above) or until `max_wait` has passed (then returns `Ready(Ok(()))` and the next `call`
 //!   rejects). Waiters are served in the order they started waiting.
+//!
+//! The wait is bounded by `max_wait`; the time spent afterwards waiting for the inner service
+//! to be ready, holding the slot, is not (a timeout does not bound it either, see
+//! [`crate::timeout`]).
 //!
 //! `poll_ready` never returns a rejection: tower treats an error there as the service being
 //! gone for good. Only an error from the inner `poll_ready` is returned, and then the slot is
@@ -404,7 +409,12 @@ where
             };
         }
         if let Admission::Full = self.admission {
-            return Poll::Ready(Ok(()));
+            // A slot may have freed since the last decision (a caller that keeps a ready
+            // service for later): take it if so, without starting another wait.
+            match self.shared.try_admit() {
+                Some(permit) => self.admission = Admission::Admitted(permit),
+                None => return Poll::Ready(Ok(())),
+            }
         }
         // Admitted: hold the slot while the inner service gets ready.
         match self.inner.poll_ready(cx) {
@@ -421,6 +431,9 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let permit = match mem::replace(&mut self.admission, Admission::Idle) {
             Admission::Admitted(permit) => Some(permit),
+            // Not admitted at `poll_ready`, so the inner service was not made ready: reject,
+            // even if a slot has freed since (calling an unready inner service would break its
+            // contract; a later `poll_ready` takes the freed slot).
             Admission::Full => None,
             // Called without a ready `poll_ready`: admit only if a slot is free right now.
             Admission::Idle | Admission::Waiting(_) => self.shared.try_admit(),

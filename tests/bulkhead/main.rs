@@ -20,6 +20,10 @@ use tower_test::{assert_request_eq, mock};
 type Mock = mock::Mock<&'static str, &'static str>;
 type Handle = mock::Handle<&'static str, &'static str>;
 
+/// A bulkhead that never waits keeps its slots in an atomic counter, one with a `max_wait` in
+/// a semaphore: release paths are checked on both.
+const BOTH_MODES: [Duration; 2] = [Duration::ZERO, Duration::from_millis(100)];
+
 fn layer(max_concurrent: usize, max_wait: Duration) -> BulkheadLayer {
     BulkheadLayer::builder("test")
         .max_concurrent(max_concurrent)
@@ -185,7 +189,13 @@ async fn waiters_are_admitted_in_the_order_they_came() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_slot_is_released_when_the_call_completes() {
-    let layer = layer(1, Duration::ZERO);
+    for max_wait in BOTH_MODES {
+        the_slot_is_released_when_the_call_completes_with(max_wait).await;
+    }
+}
+
+async fn the_slot_is_released_when_the_call_completes_with(max_wait: Duration) {
+    let layer = layer(1, max_wait);
     let stats = layer.handle();
     let (mut svc, mut handle) = spawn(&layer);
 
@@ -203,7 +213,13 @@ async fn the_slot_is_released_when_the_call_completes() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_slot_is_released_when_the_call_fails() {
-    let layer = layer(1, Duration::ZERO);
+    for max_wait in BOTH_MODES {
+        the_slot_is_released_when_the_call_fails_with(max_wait).await;
+    }
+}
+
+async fn the_slot_is_released_when_the_call_fails_with(max_wait: Duration) {
+    let layer = layer(1, max_wait);
     let stats = layer.handle();
     let (mut svc, mut handle) = spawn(&layer);
 
@@ -223,7 +239,13 @@ async fn the_slot_is_released_when_the_call_fails() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_slot_is_released_when_the_response_future_is_dropped() {
-    let layer = layer(1, Duration::ZERO);
+    for max_wait in BOTH_MODES {
+        the_slot_is_released_when_the_response_future_is_dropped_with(max_wait).await;
+    }
+}
+
+async fn the_slot_is_released_when_the_response_future_is_dropped_with(max_wait: Duration) {
+    let layer = layer(1, max_wait);
     let stats = layer.handle();
     let (mut svc, _handle) = spawn(&layer);
 
@@ -237,7 +259,15 @@ async fn the_slot_is_released_when_the_response_future_is_dropped() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_slot_reserved_by_poll_ready_is_released_when_the_service_is_dropped() {
-    let layer = layer(1, Duration::ZERO);
+    for max_wait in BOTH_MODES {
+        a_slot_reserved_by_poll_ready_is_released_when_the_service_is_dropped_with(max_wait).await;
+    }
+}
+
+async fn a_slot_reserved_by_poll_ready_is_released_when_the_service_is_dropped_with(
+    max_wait: Duration,
+) {
+    let layer = layer(1, max_wait);
     let stats = layer.handle();
     let (mut svc, _handle) = spawn(&layer);
     assert_ready_ok!(svc.poll_ready());
@@ -248,7 +278,13 @@ async fn a_slot_reserved_by_poll_ready_is_released_when_the_service_is_dropped()
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_clone_made_after_poll_ready_does_not_carry_the_slot() {
-    let layer = layer(1, Duration::ZERO);
+    for max_wait in BOTH_MODES {
+        a_clone_made_after_poll_ready_does_not_carry_the_slot_with(max_wait).await;
+    }
+}
+
+async fn a_clone_made_after_poll_ready_does_not_carry_the_slot_with(max_wait: Duration) {
+    let layer = layer(1, max_wait);
     let stats = layer.handle();
     let (mut svc, mut handle) = spawn(&layer);
 
@@ -256,7 +292,12 @@ async fn a_clone_made_after_poll_ready_does_not_carry_the_slot() {
     let mut twin = mock::Spawn::new(svc.get_ref().clone());
     assert_eq!(stats.in_flight(), 1, "cloning did not take or copy a slot");
 
-    // The clone has no slot: it is rejected while the original holds the only one.
+    // The clone has no slot: it is rejected (after its wait) while the original holds the
+    // only one.
+    if !max_wait.is_zero() {
+        assert_pending!(twin.poll_ready());
+        time::advance(max_wait).await;
+    }
     assert_ready_ok!(twin.poll_ready());
     assert_full(assert_ready_err!(task::spawn(twin.call("twin")).poll()), 1);
 
@@ -268,6 +309,79 @@ async fn a_clone_made_after_poll_ready_does_not_carry_the_slot() {
     drop(twin);
     drop(svc);
     assert_eq!(stats.in_flight(), 0, "no slot leaked");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_full_service_looks_again_on_its_next_poll_ready() {
+    let layer = layer(1, Duration::ZERO);
+    let (mut holder, _handle) = spawn(&layer);
+    let (mut later, mut later_handle) = spawn(&layer);
+
+    assert_ready_ok!(holder.poll_ready());
+    assert_ready_ok!(later.poll_ready()); // full: its call would be rejected
+    drop(holder);
+    // Polled again after the slot freed: admitted, and its inner service made ready.
+    assert_ready_ok!(later.poll_ready());
+    assert_eq!(layer.handle().in_flight(), 1);
+    let fut = later.call("second");
+    assert_request_eq!(later_handle, "second").send_response("ok");
+    assert_eq!(fut.await.unwrap(), "ok");
+    assert_eq!(layer.handle().rejected(), 0);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_call_after_a_full_poll_ready_is_rejected_even_if_a_slot_freed() {
+    let layer = layer(1, Duration::ZERO);
+    let (mut holder, _handle) = spawn(&layer);
+    let (mut later, mut later_handle) = spawn(&layer);
+
+    assert_ready_ok!(holder.poll_ready());
+    assert_ready_ok!(later.poll_ready()); // full
+    drop(holder);
+    // The inner service of `later` was never made ready, so it must not be called.
+    assert_full(assert_ready_err!(task::spawn(later.call("x")).poll()), 1);
+    assert!(later_handle.poll_request().is_pending());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_woken_waiter_dropped_before_it_polls_passes_the_slot_on() {
+    let layer = layer(1, Duration::from_secs(5));
+    let stats = layer.handle();
+    let (mut holder, mut handle) = spawn(&layer);
+    let (mut a, _a) = spawn(&layer);
+    let (mut b, _b) = spawn(&layer);
+
+    assert_ready_ok!(holder.poll_ready());
+    let first = holder.call("first");
+    assert_pending!(a.poll_ready());
+    assert_pending!(b.poll_ready());
+    assert_request_eq!(handle, "first").send_response("ok");
+    first.await.unwrap();
+    assert!(a.is_woken(), "the first waiter was handed the slot");
+    drop(a); // ... and gives it up without ever polling again
+    assert!(b.is_woken());
+    assert_ready_ok!(b.poll_ready());
+    assert_eq!(stats.in_flight(), 1);
+    drop(b);
+    assert_eq!(stats.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_slot_freed_exactly_at_max_wait_admits_the_waiter() {
+    let layer = layer(1, Duration::from_millis(100));
+    let (mut holder, mut handle) = spawn(&layer);
+    let (mut waiter, _w) = spawn(&layer);
+
+    assert_ready_ok!(holder.poll_ready());
+    let first = holder.call("first");
+    assert_pending!(waiter.poll_ready());
+    time::advance(Duration::from_millis(100)).await;
+    // The deadline has come, but the slot frees before the waiter is polled again.
+    assert_request_eq!(handle, "first").send_response("ok");
+    first.await.unwrap();
+    assert_ready_ok!(waiter.poll_ready());
+    assert_eq!(layer.handle().in_flight(), 1, "admitted, not rejected");
+    assert_eq!(layer.handle().rejected(), 0);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -469,12 +583,15 @@ async fn hammer(max_wait: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_is_never_exceeded_under_contention_when_rejecting() {
-    hammer(Duration::ZERO).await;
+    // A bound so a lost wake-up fails the test instead of hanging it; it times nothing.
+    let run = tokio::time::timeout(Duration::from_secs(60), hammer(Duration::ZERO));
+    run.await.expect("finished, not stuck");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_is_never_exceeded_under_contention_when_waiting() {
-    hammer(Duration::from_secs(3600)).await;
+    let run = tokio::time::timeout(Duration::from_secs(60), hammer(Duration::from_secs(3600)));
+    run.await.expect("finished, not stuck");
 }
 
 mod axum_router {
