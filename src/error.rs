@@ -30,6 +30,7 @@ use std::error::Error;
 use std::fmt;
 
 use crate::bulkhead::error::BulkheadFull;
+use crate::circuit_breaker::error::CircuitOpen;
 use crate::timeout::error::Elapsed;
 
 /// A type-erased error, as returned by every bulwark layer that can fail.
@@ -131,6 +132,9 @@ pub enum Rejection<'a> {
     Elapsed(&'a Elapsed),
     /// A [`Bulkhead`](crate::bulkhead::Bulkhead) had no free slot (within its `max_wait`).
     BulkheadFull(&'a BulkheadFull),
+    /// A [`CircuitBreaker`](crate::circuit_breaker::CircuitBreaker) was open (or half-open
+    /// with its probe slots taken).
+    CircuitOpen(&'a CircuitOpen),
 }
 
 impl fmt::Display for Rejection<'_> {
@@ -138,6 +142,7 @@ impl fmt::Display for Rejection<'_> {
         match self {
             Rejection::Elapsed(e) => fmt::Display::fmt(e, f),
             Rejection::BulkheadFull(e) => fmt::Display::fmt(e, f),
+            Rejection::CircuitOpen(e) => fmt::Display::fmt(e, f),
         }
     }
 }
@@ -154,6 +159,9 @@ pub fn rejection<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>> {
         }
         if let Some(e) = err.downcast_ref::<BulkheadFull>() {
             return Some(Rejection::BulkheadFull(e));
+        }
+        if let Some(e) = err.downcast_ref::<CircuitOpen>() {
+            return Some(Rejection::CircuitOpen(e));
         }
         next = err.source();
     }

@@ -9,7 +9,7 @@
 //! | Layer | Module | Status |
 //! | --- | --- | --- |
 //! | Timeout | [`timeout`] | available |
-//! | Circuit breaker | `circuit_breaker` | planned |
+//! | Circuit breaker | [`circuit_breaker`] | available |
 //! | Retry with backoff and budget | `retry` | planned |
 //! | Bulkhead | [`bulkhead`] | available |
 //!
@@ -65,11 +65,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bulkhead;
+pub mod circuit_breaker;
 pub mod classify;
 pub mod error;
 pub mod timeout;
 
 pub use crate::bulkhead::{Bulkhead, BulkheadLayer};
+pub use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use crate::error::BoxError;
 pub use crate::timeout::{Timeout, TimeoutLayer};
 

@@ -147,7 +147,11 @@ impl Word {
 
     /// The same Closed generation with another failure count.
     pub(crate) fn with_failures(self, failures: u64) -> Self {
-        Word::new(CircuitState::Closed, self.generation(), failures.min(PAYLOAD_MAX))
+        Word::new(
+            CircuitState::Closed,
+            self.generation(),
+            failures.min(PAYLOAD_MAX),
+        )
     }
 
     // --- Open ---
@@ -188,7 +192,11 @@ impl Word {
 
     /// The word after tripping: Open until `until_ms`.
     pub(crate) fn opened(self, until_ms: u64) -> Self {
-        Word::new(CircuitState::Open, self.next_generation(), until_ms.min(PAYLOAD_MAX))
+        Word::new(
+            CircuitState::Open,
+            self.next_generation(),
+            until_ms.min(PAYLOAD_MAX),
+        )
     }
 
     /// The word after the break: HalfOpen with the caller as the first probe.

@@ -1,0 +1,676 @@
+//! The breaker's shared state and its rules: admission, outcomes, transitions. No `Service`
+//! code here, so all of it is tested without a runtime, by passing the time in.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::config::Policy;
+use super::error::CircuitOpen;
+use super::state::{CircuitState, Word};
+use super::window::{CountWindow, TimeWindow};
+use crate::classify::Outcome;
+
+/// Why the breaker changed state, as reported in events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    ConsecutiveFailures,
+    FailureRate,
+    SlowCallRate,
+    BreakEnded,
+    ProbeFailed,
+    ProbeSlow,
+    ProbesSucceeded,
+    Handle,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::ConsecutiveFailures => "consecutive failures",
+            Reason::FailureRate => "failure rate",
+            Reason::SlowCallRate => "slow-call rate",
+            Reason::BreakEnded => "break ended",
+            Reason::ProbeFailed => "probe failed",
+            Reason::ProbeSlow => "probe slow",
+            Reason::ProbesSucceeded => "probes succeeded",
+            Reason::Handle => "set by handle",
+        }
+    }
+}
+
+/// What an admitted call is, for its outcome to be recorded against the right state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Admitted while Closed, in this generation.
+    Closed(u32),
+    /// A HalfOpen probe, holding one of the generation's probe slots.
+    Probe(u32),
+    /// Admitted while ForcedClosed or Disabled: counted, never moves the state.
+    Bypass,
+}
+
+/// The decision on one call.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    Admit(Pass),
+    Reject(CircuitOpen),
+}
+
+/// Counters a handle reads.
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    slow: AtomicU64,
+    rejections: AtomicU64,
+    transitions: AtomicU64,
+}
+
+/// A snapshot of a breaker's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CircuitCounters {
+    /// Calls that completed (with any outcome, including ignored ones).
+    pub calls: u64,
+    /// Calls classified as failures.
+    pub failures: u64,
+    /// Calls at least as long as the slow-call threshold (when a slow-call rule is set).
+    pub slow_calls: u64,
+    /// Calls rejected because the breaker was open (or half-open with its probes taken).
+    pub rejections: u64,
+    /// State changes, including those made through the handle.
+    pub transitions: u64,
+}
+
+/// The state shared by every clone of one breaker.
+pub(crate) struct Core {
+    pub(crate) name: Arc<str>,
+    pub(crate) policy: Policy,
+    base: Instant,
+    word: AtomicU64,
+    count: Option<CountWindow>,
+    time: Option<TimeWindow>,
+    /// Consecutive trips without a successful close, for the break's backoff.
+    trips: AtomicU32,
+    rng: AtomicU64,
+    counters: Counters,
+}
+
+impl Core {
+    pub(crate) fn new(name: Arc<str>, policy: Policy) -> Self {
+        Core {
+            count: policy.count.map(|c| CountWindow::new(c.size)),
+            time: policy.time.map(|t| TimeWindow::new(t.span, t.buckets)),
+            rng: AtomicU64::new(policy.seed),
+            name,
+            policy,
+            base: Instant::now(),
+            word: AtomicU64::new(Word::initial().raw()),
+            trips: AtomicU32::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    fn load(&self) -> Word {
+        Word::from_raw(self.word.load(Ordering::Acquire))
+    }
+
+    fn cas(&self, current: Word, new: Word) -> Result<(), Word> {
+        self.word
+            .compare_exchange(
+                current.raw(),
+                new.raw(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map(drop)
+            .map_err(Word::from_raw)
+    }
+
+    fn since_base(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.base)
+    }
+
+    /// Whether a call's duration is needed: a slow-call rule or a time window is set.
+    pub(crate) fn needs_clock(&self) -> bool {
+        self.policy.slow.is_some() || self.time.is_some()
+    }
+
+    // === admission ===
+
+    /// Decides whether a call may go through. `now` is read only when the breaker is open.
+    pub(crate) fn admit(&self, now: impl FnOnce() -> Instant) -> Decision {
+        let mut now = Some(now);
+        let mut now_value = None;
+        let mut word = self.load();
+        loop {
+            match word.state() {
+                CircuitState::Closed => return Decision::Admit(Pass::Closed(word.generation())),
+                CircuitState::ForcedClosed | CircuitState::Disabled => {
+                    return Decision::Admit(Pass::Bypass)
+                }
+                CircuitState::ForcedOpen => return self.reject(CircuitState::ForcedOpen, None),
+                CircuitState::Open => {
+                    let now = *now_value.get_or_insert_with(|| (now.take().expect("read once"))());
+                    let since = self.since_base(now);
+                    let until = Duration::from_millis(word.open_until_ms());
+                    if since < until {
+                        return self.reject(CircuitState::Open, Some(until - since));
+                    }
+                    let probing = word.half_opened();
+                    match self.cas(word, probing) {
+                        Ok(()) => {
+                            self.transitioned(word, probing, Reason::BreakEnded);
+                            return Decision::Admit(Pass::Probe(probing.generation()));
+                        }
+                        Err(actual) => word = actual,
+                    }
+                }
+                CircuitState::HalfOpen => {
+                    if word.probes() >= u64::from(self.policy.half_open_max_calls) {
+                        return self.reject(CircuitState::HalfOpen, Some(Duration::ZERO));
+                    }
+                    let taken = word.with_probes(word.probes() + 1, word.successes());
+                    match self.cas(word, taken) {
+                        Ok(()) => return Decision::Admit(Pass::Probe(word.generation())),
+                        Err(actual) => word = actual,
+                    }
+                }
+            }
+        }
+    }
+
+    fn reject(&self, state: CircuitState, retry_after: Option<Duration>) -> Decision {
+        Decision::Reject(CircuitOpen::new(self.name.clone(), state, retry_after))
+    }
+
+    /// Counts a rejection made by the service, and reports it.
+    pub(crate) fn rejected(&self, error: &CircuitOpen) {
+        self.counters.rejections.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            target: "bulwark::circuit_breaker",
+            name = %self.name,
+            state = %error.state(),
+            retry_after = ?error.retry_after(),
+            "call rejected"
+        );
+    }
+
+    // === outcomes ===
+
+    /// Records the outcome of an admitted call that completed. `elapsed` is its duration when
+    /// [`needs_clock`](Self::needs_clock); `now` the moment it completed.
+    pub(crate) fn complete(
+        &self,
+        pass: Pass,
+        outcome: Outcome,
+        elapsed: Option<Duration>,
+        now: Option<Instant>,
+    ) {
+        let slow = match (self.policy.slow, elapsed) {
+            (Some(rule), Some(elapsed)) => elapsed >= rule.threshold,
+            _ => false,
+        };
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        if outcome.is_failure() {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if slow {
+            self.counters.slow.fetch_add(1, Ordering::Relaxed);
+        }
+        match pass {
+            Pass::Bypass => {}
+            Pass::Probe(generation) => self.probe_done(generation, outcome, slow, now),
+            Pass::Closed(generation) => self.closed_done(generation, outcome, slow, now),
+        }
+    }
+
+    /// Gives back the slot of a probe whose future was dropped before it completed.
+    pub(crate) fn abandon(&self, pass: Pass) {
+        if let Pass::Probe(generation) = pass {
+            self.probe_done(generation, Outcome::Ignored, false, None);
+        }
+    }
+
+    fn closed_done(&self, generation: u32, outcome: Outcome, slow: bool, now: Option<Instant>) {
+        if outcome.is_ignored() {
+            return;
+        }
+        let word = self.load();
+        if word.state() != CircuitState::Closed || word.generation() != generation {
+            // From an earlier Closed period: it says nothing about the current state.
+            return;
+        }
+        let failure = outcome.is_failure();
+
+        // Rate rules: record, then judge only when this call could have raised a rate.
+        let mut rate_trip = None;
+        if let Some(window) = &self.count {
+            window.record(failure, slow);
+        }
+        let now_ms = now.map(|now| self.since_base(now).as_millis() as u64);
+        if let (Some(window), Some(now_ms)) = (&self.time, now_ms) {
+            window.record(now_ms, failure, slow);
+        }
+        if failure || slow {
+            rate_trip = self.rate_exceeded(now_ms);
+        }
+
+        // The consecutive-failures rule lives in the state word.
+        let mut word = word;
+        loop {
+            if word.state() != CircuitState::Closed || word.generation() != generation {
+                return;
+            }
+            let streak = if failure { word.failures() + 1 } else { 0 };
+            let streak_trips = failure
+                && self
+                    .policy
+                    .consecutive_failures
+                    .is_some_and(|n| streak >= u64::from(n));
+            let reason = if streak_trips {
+                Some(Reason::ConsecutiveFailures)
+            } else {
+                rate_trip
+            };
+            let next = match reason {
+                Some(_) => word.opened(self.open_until_ms(now)),
+                None if streak == word.failures() => return,
+                None => word.with_failures(streak),
+            };
+            match self.cas(word, next) {
+                Ok(()) => {
+                    if let Some(reason) = reason {
+                        self.tripped(word, next, reason);
+                    }
+                    return;
+                }
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// The rate rule a window now breaks, if any.
+    fn rate_exceeded(&self, now_ms: Option<u64>) -> Option<Reason> {
+        let slow_rate = self.policy.slow.map(|s| s.rate);
+        let judge = |tally: super::window::Tally, failure_rate: f64, min_calls: u32| {
+            if tally.reaches(tally.failures, failure_rate, min_calls) {
+                Some(Reason::FailureRate)
+            } else if slow_rate.is_some_and(|rate| tally.reaches(tally.slow, rate, min_calls)) {
+                Some(Reason::SlowCallRate)
+            } else {
+                None
+            }
+        };
+        if let (Some(window), Some(rule)) = (&self.count, self.policy.count) {
+            if let Some(reason) = judge(window.tally(), rule.failure_rate, rule.min_calls) {
+                return Some(reason);
+            }
+        }
+        if let (Some(window), Some(rule), Some(now_ms)) = (&self.time, self.policy.time, now_ms) {
+            if let Some(reason) = judge(window.tally(now_ms), rule.failure_rate, rule.min_calls) {
+                return Some(reason);
+            }
+        }
+        None
+    }
+
+    fn probe_done(&self, generation: u32, outcome: Outcome, slow: bool, now: Option<Instant>) {
+        let mut word = self.load();
+        loop {
+            if word.state() != CircuitState::HalfOpen || word.generation() != generation {
+                // The probe's HalfOpen period is over; its slot went with it.
+                return;
+            }
+            let probes = word.probes().saturating_sub(1);
+            let (next, reason) = if outcome.is_failure() {
+                (
+                    word.opened(self.open_until_ms(now)),
+                    Some(Reason::ProbeFailed),
+                )
+            } else if slow && !outcome.is_ignored() {
+                (
+                    word.opened(self.open_until_ms(now)),
+                    Some(Reason::ProbeSlow),
+                )
+            } else if outcome.is_success() {
+                let successes = word.successes() + 1;
+                if successes >= u64::from(self.policy.success_threshold) {
+                    (
+                        word.moved_to(CircuitState::Closed),
+                        Some(Reason::ProbesSucceeded),
+                    )
+                } else {
+                    (word.with_probes(probes, successes), None)
+                }
+            } else {
+                (word.with_probes(probes, word.successes()), None)
+            };
+            match self.cas(word, next) {
+                Ok(()) => {
+                    match reason {
+                        Some(Reason::ProbesSucceeded) => {
+                            self.trips.store(0, Ordering::Relaxed);
+                            self.transitioned(word, next, Reason::ProbesSucceeded);
+                        }
+                        Some(reason) => self.tripped(word, next, reason),
+                        None => {}
+                    }
+                    return;
+                }
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// When a break starting now should end, in milliseconds since the breaker was built.
+    fn open_until_ms(&self, now: Option<Instant>) -> u64 {
+        let now = now.unwrap_or_else(Instant::now);
+        let trips = self.trips.load(Ordering::Relaxed);
+        let random = if self.policy.backoff.is_some_and(|b| b.jitter > 0.0) {
+            self.next_random()
+        } else {
+            0.0
+        };
+        let until = self.since_base(now) + self.policy.break_for(trips, random);
+        // Round up: a break never ends early.
+        let ms = until.as_millis() + u128::from(until.subsec_nanos() % 1_000_000 != 0);
+        ms.min(u128::from(u64::MAX)) as u64
+    }
+
+    /// A uniform number in [0, 1) from a shared splitmix64 sequence.
+    fn next_random(&self) -> f64 {
+        let state = self
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    // === transitions ===
+
+    fn tripped(&self, from: Word, to: Word, reason: Reason) {
+        self.trips.fetch_add(1, Ordering::Relaxed);
+        self.transitioned(from, to, reason);
+    }
+
+    fn transitioned(&self, from: Word, to: Word, reason: Reason) {
+        self.counters.transitions.fetch_add(1, Ordering::Relaxed);
+        if from.state() == CircuitState::Closed && to.state() != CircuitState::Closed {
+            // Each Closed period starts with empty windows.
+            self.clear_windows();
+        }
+        let (from, to, reason) = (from.state().as_str(), to.state().as_str(), reason.as_str());
+        if to == CircuitState::Open.as_str() {
+            tracing::warn!(target: "bulwark::circuit_breaker", name = %self.name, from, to, reason, "circuit opened");
+        } else {
+            tracing::info!(target: "bulwark::circuit_breaker", name = %self.name, from, to, reason, "circuit state changed");
+        }
+    }
+
+    fn clear_windows(&self) {
+        if let Some(window) = &self.count {
+            window.clear();
+        }
+        if let Some(window) = &self.time {
+            window.clear();
+        }
+    }
+
+    /// Moves to `state` whatever the current state (for the handle): Closed (a reset), or one
+    /// of the forced states.
+    pub(crate) fn force(&self, state: CircuitState) {
+        let mut word = self.load();
+        loop {
+            let next = word.moved_to(state);
+            match self.cas(word, next) {
+                Ok(()) => {
+                    if state == CircuitState::Closed {
+                        self.trips.store(0, Ordering::Relaxed);
+                        if word.state() == CircuitState::Closed {
+                            // A reset of a Closed breaker: forget what the windows saw.
+                            self.clear_windows();
+                        }
+                    }
+                    self.transitioned(word, next, Reason::Handle);
+                    return;
+                }
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    // === reading ===
+
+    pub(crate) fn state(&self) -> CircuitState {
+        self.load().state()
+    }
+
+    /// Time until the breaker lets a probe through: `Some` only when Open (zero once the
+    /// break has ended but no call has come yet).
+    pub(crate) fn time_until_probe(&self, now: Instant) -> Option<Duration> {
+        let word = self.load();
+        (word.state() == CircuitState::Open).then(|| {
+            Duration::from_millis(word.open_until_ms()).saturating_sub(self.since_base(now))
+        })
+    }
+
+    pub(crate) fn consecutive_failures(&self) -> u64 {
+        let word = self.load();
+        if word.state() == CircuitState::Closed {
+            word.failures()
+        } else {
+            0
+        }
+    }
+
+    pub(crate) fn counters(&self) -> CircuitCounters {
+        let c = &self.counters;
+        CircuitCounters {
+            calls: c.calls.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            slow_calls: c.slow.load(Ordering::Relaxed),
+            rejections: c.rejections.load(Ordering::Relaxed),
+            transitions: c.transitions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::circuit_breaker::CircuitBreakerLayer;
+
+    fn core(
+        build: impl FnOnce(
+            crate::circuit_breaker::CircuitBreakerLayerBuilder,
+        ) -> crate::circuit_breaker::CircuitBreakerLayerBuilder,
+    ) -> Arc<Core> {
+        let layer = build(CircuitBreakerLayer::builder("t")).build().unwrap();
+        layer.core_for_tests()
+    }
+
+    fn at(core: &Core, ms: u64) -> Instant {
+        core.base + Duration::from_millis(ms)
+    }
+
+    fn pass(d: Decision) -> Pass {
+        match d {
+            Decision::Admit(p) => p,
+            Decision::Reject(e) => panic!("rejected: {e}"),
+        }
+    }
+
+    fn rejected(d: Decision) -> CircuitOpen {
+        match d {
+            Decision::Reject(e) => e,
+            Decision::Admit(p) => panic!("admitted: {p:?}"),
+        }
+    }
+
+    #[test]
+    fn the_fifth_consecutive_failure_trips_and_the_break_ends_exactly() {
+        let c = core(|b| b);
+        for _ in 0..4 {
+            let p = pass(c.admit(|| at(&c, 0)));
+            c.complete(p, Outcome::Failure, None, None);
+        }
+        assert_eq!(c.state(), CircuitState::Closed);
+        assert_eq!(c.consecutive_failures(), 4);
+        let p = pass(c.admit(|| at(&c, 0)));
+        c.complete(p, Outcome::Failure, None, Some(at(&c, 0)));
+        assert_eq!(c.state(), CircuitState::Open);
+        let e = rejected(c.admit(|| at(&c, 29_999)));
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(1)));
+        assert!(matches!(pass(c.admit(|| at(&c, 30_000))), Pass::Probe(_)));
+        assert_eq!(c.state(), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn a_success_resets_the_streak() {
+        let c = core(|b| b.consecutive_failures(2));
+        let p = pass(c.admit(|| at(&c, 0)));
+        c.complete(p, Outcome::Failure, None, None);
+        let p = pass(c.admit(|| at(&c, 0)));
+        c.complete(p, Outcome::Success, None, None);
+        assert_eq!(c.consecutive_failures(), 0);
+        let p = pass(c.admit(|| at(&c, 0)));
+        c.complete(p, Outcome::Failure, None, None);
+        assert_eq!(c.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn half_open_limits_probes_and_closes_after_enough_successes() {
+        let c = core(|b| {
+            b.consecutive_failures(1)
+                .half_open_max_calls(2)
+                .success_threshold(3)
+        });
+        let p = pass(c.admit(|| at(&c, 0)));
+        c.complete(p, Outcome::Failure, None, Some(at(&c, 0)));
+        let p1 = pass(c.admit(|| at(&c, 30_000)));
+        let p2 = pass(c.admit(|| at(&c, 30_000)));
+        let e = rejected(c.admit(|| at(&c, 30_000)));
+        assert_eq!(e.state(), CircuitState::HalfOpen);
+        c.complete(p1, Outcome::Success, None, None);
+        let p3 = pass(c.admit(|| at(&c, 30_000)));
+        c.complete(p2, Outcome::Success, None, None);
+        assert_eq!(c.state(), CircuitState::HalfOpen);
+        c.complete(p3, Outcome::Success, None, None);
+        assert_eq!(c.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn a_stale_outcome_does_not_move_the_new_state() {
+        let c = core(|b| b.consecutive_failures(1).success_threshold(1));
+        let slow = pass(c.admit(|| at(&c, 0)));
+        let p = pass(c.admit(|| at(&c, 0)));
+        c.complete(p, Outcome::Failure, None, Some(at(&c, 0)));
+        let probe = pass(c.admit(|| at(&c, 30_000)));
+        c.complete(probe, Outcome::Success, None, None);
+        assert_eq!(c.state(), CircuitState::Closed);
+        // The failure of a call admitted before the trip arrives now: ignored.
+        c.complete(slow, Outcome::Failure, None, Some(at(&c, 30_000)));
+        assert_eq!(c.state(), CircuitState::Closed);
+        assert_eq!(c.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn an_abandoned_probe_gives_its_slot_back() {
+        let c = core(|b| b.consecutive_failures(1));
+        let p = pass(c.admit(|| at(&c, 0)));
+        c.complete(p, Outcome::Failure, None, Some(at(&c, 0)));
+        let probe = pass(c.admit(|| at(&c, 30_000)));
+        rejected(c.admit(|| at(&c, 30_000)));
+        c.abandon(probe);
+        assert!(matches!(pass(c.admit(|| at(&c, 30_000))), Pass::Probe(_)));
+    }
+
+    #[test]
+    fn the_break_grows_on_consecutive_trips_and_resets_on_close() {
+        let c = core(|b| {
+            b.consecutive_failures(1)
+                .success_threshold(1)
+                .break_duration(Duration::from_secs(10))
+                .break_backoff(2.0, Duration::from_secs(25), 0.0)
+        });
+        let trip = |now_ms: u64| {
+            let p = pass(c.admit(|| at(&c, now_ms)));
+            c.complete(p, Outcome::Failure, None, Some(at(&c, now_ms)));
+        };
+        trip(0);
+        assert_eq!(c.time_until_probe(at(&c, 0)), Some(Duration::from_secs(10)));
+        trip(10_000); // the probe fails: 20 s
+        assert_eq!(
+            c.time_until_probe(at(&c, 10_000)),
+            Some(Duration::from_secs(20))
+        );
+        trip(30_000); // and again: capped at 25 s
+        assert_eq!(
+            c.time_until_probe(at(&c, 30_000)),
+            Some(Duration::from_secs(25))
+        );
+        let probe = pass(c.admit(|| at(&c, 55_000)));
+        c.complete(probe, Outcome::Success, None, None);
+        assert_eq!(c.state(), CircuitState::Closed);
+        trip(60_000);
+        assert_eq!(
+            c.time_until_probe(at(&c, 60_000)),
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn jitter_shortens_the_break_reproducibly() {
+        let make = || {
+            core(|b| {
+                b.consecutive_failures(1)
+                    .break_duration(Duration::from_secs(10))
+                    .break_backoff(1.0, Duration::from_secs(10), 0.5)
+                    .jitter_seed(42)
+            })
+        };
+        let (a, b) = (make(), make());
+        for c in [&a, &b] {
+            let p = pass(c.admit(|| at(c, 0)));
+            c.complete(p, Outcome::Failure, None, Some(at(c, 0)));
+        }
+        let left = a.time_until_probe(at(&a, 0)).unwrap();
+        assert_eq!(Some(left), b.time_until_probe(at(&b, 0)));
+        assert!(left >= Duration::from_secs(5) && left <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn forced_states_override_and_reset_returns_to_closed() {
+        let c = core(|b| b.consecutive_failures(1));
+        c.force(CircuitState::ForcedOpen);
+        let e = rejected(c.admit(|| at(&c, 0)));
+        assert_eq!(
+            (e.state(), e.retry_after()),
+            (CircuitState::ForcedOpen, None)
+        );
+        c.force(CircuitState::Disabled);
+        for _ in 0..10 {
+            let p = pass(c.admit(|| at(&c, 0)));
+            c.complete(p, Outcome::Failure, None, Some(at(&c, 0)));
+        }
+        assert_eq!(c.state(), CircuitState::Disabled);
+        assert_eq!(c.counters().failures, 10);
+        c.force(CircuitState::ForcedClosed);
+        let p = pass(c.admit(|| at(&c, 0)));
+        c.complete(p, Outcome::Failure, None, Some(at(&c, 0)));
+        assert_eq!(c.state(), CircuitState::ForcedClosed);
+        c.force(CircuitState::Closed);
+        assert_eq!(c.state(), CircuitState::Closed);
+        let p = pass(c.admit(|| at(&c, 0)));
+        c.complete(p, Outcome::Failure, None, Some(at(&c, 0)));
+        assert_eq!(c.state(), CircuitState::Open);
+    }
+}
