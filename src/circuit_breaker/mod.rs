@@ -1,7 +1,7 @@
 //! Stop calling a downstream that keeps failing, and probe it until it recovers.
 //!
 //! A [`CircuitBreaker`] watches the outcome of every call. When the downstream fails too often
-//! it *trips*: it goes Open and rejects calls at once with [`CircuitOpen`](error::CircuitOpen),
+//! it *trips*: it goes Open and rejects calls at once with [`CircuitOpen`],
 //! without calling the downstream, for a break (30 s by default). After the break the next
 //! call goes through as a *probe* (HalfOpen); enough successful probes close it again, a failed
 //! one re-opens it.
@@ -90,7 +90,7 @@
 //!
 //! # Errors
 //!
-//! The error type is [`BoxError`]: [`CircuitOpen`](error::CircuitOpen) for a rejection, or the
+//! The error type is [`BoxError`]: [`CircuitOpen`] for a rejection, or the
 //! inner service's error unchanged.
 //!
 //! # Events
