@@ -212,6 +212,68 @@ fn bulkhead(c: &mut Criterion) {
     );
 }
 
+fn circuit_breaker(c: &mut Criterion) {
+    let default = || {
+        bulwark::CircuitBreakerLayer::builder("bench")
+            .build()
+            .expect("a valid breaker")
+    };
+    // Every rule on: a count window, a time window and slow calls.
+    let windows = || {
+        bulwark::CircuitBreakerLayer::builder("bench")
+            .failure_rate_over_calls(0.5, 100, 20)
+            .failure_rate_over_time(0.5, Duration::from_secs(10), 10, 20)
+            .slow_calls(Duration::from_secs(1), 0.5)
+            .build()
+            .expect("a valid breaker")
+    };
+    let limit = || tower::limit::ConcurrencyLimitLayer::new(1024);
+    for mode in [Mode::Ready, Mode::PendingOnce] {
+        bench_sequential(c, "circuit_breaker", "baseline", mode, inner(mode));
+        bench_sequential(
+            c,
+            "circuit_breaker",
+            "tower_concurrency_limit",
+            mode,
+            limit().layer(inner(mode)),
+        );
+        bench_sequential(
+            c,
+            "circuit_breaker",
+            "bulwark",
+            mode,
+            default().layer(inner(mode)),
+        );
+        bench_sequential(
+            c,
+            "circuit_breaker",
+            "bulwark_windows",
+            mode,
+            windows().layer(inner(mode)),
+        );
+    }
+    let mode = Mode::PendingOnce;
+    bench_contended(c, "circuit_breaker", "baseline", inner(mode));
+    bench_contended(
+        c,
+        "circuit_breaker",
+        "tower_concurrency_limit",
+        limit().layer(inner(mode)),
+    );
+    bench_contended(
+        c,
+        "circuit_breaker",
+        "bulwark",
+        default().layer(inner(mode)),
+    );
+    bench_contended(
+        c,
+        "circuit_breaker",
+        "bulwark_windows",
+        windows().layer(inner(mode)),
+    );
+}
+
 fn timeout(c: &mut Criterion) {
     let limit = Duration::from_secs(30);
     for mode in [Mode::Ready, Mode::PendingOnce] {
@@ -233,5 +295,5 @@ fn timeout(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, timeout, bulkhead);
+criterion_group!(benches, timeout, bulkhead, circuit_breaker);
 criterion_main!(benches);

@@ -15,25 +15,39 @@
 //!
 //! # Example
 //!
+//! A client stack in the order the layers are meant to go, outer to inner (retry, between the
+//! total timeout and the breaker, is still to come):
+//!
 //! ```
 //! use std::time::Duration;
-//! use bulwark::{timeout::error::Elapsed, BoxError, TimeoutLayer};
+//! use bulwark::error::{rejection, Rejection};
+//! use bulwark::{BoxError, BulkheadLayer, CircuitBreakerLayer, TimeoutLayer};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
+//! let bulkhead = BulkheadLayer::builder("inventory").max_concurrent(64).build()?;
+//! let breaker = CircuitBreakerLayer::builder("inventory").build()?;
+//! let breaker_handle = breaker.handle(); // for health checks and metrics
+//!
 //! let client = ServiceBuilder::new()
-//!     // Bound each call's response future to 2 seconds.
-//!     .layer(TimeoutLayer::new(Duration::from_secs(2)))
-//!     .service(service_fn(|name: &'static str| async move {
-//!         Ok::<_, BoxError>(format!("hello, {name}"))
+//!     .layer(bulkhead) // at most 64 calls in flight, across every clone
+//!     .layer(TimeoutLayer::new(Duration::from_secs(5))) // the caller's whole budget
+//!     .layer(breaker) // stop calling a failing downstream
+//!     .layer(TimeoutLayer::new(Duration::from_secs(1))) // one attempt; a timeout is a failure
+//!     .service(service_fn(|sku: &'static str| async move {
+//!         Ok::<_, BoxError>(format!("{sku}: 3 in stock"))
 //!     }));
 //!
-//! match client.oneshot("world").await {
-//!     Ok(greeting) => assert_eq!(greeting, "hello, world"),
-//!     Err(err) if bulwark::error::is::<Elapsed>(&*err) => println!("too slow: {err}"),
-//!     Err(err) => return Err(err),
+//! match client.oneshot("sku-1").await {
+//!     Ok(stock) => println!("{stock}"),
+//!     Err(err) => match rejection(&*err) {
+//!         Some(Rejection::CircuitOpen(open)) => println!("try after {:?}", open.retry_after()),
+//!         Some(other) => println!("rejected: {other}"),
+//!         None => println!("the downstream failed: {err}"),
+//!     },
 //! }
+//! assert!(breaker_handle.state().admits_calls());
 //! # Ok(())
 //! # }
 //! ```

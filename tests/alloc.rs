@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bulwark::{BulkheadLayer, TimeoutLayer};
+use bulwark::{BulkheadLayer, CircuitBreakerLayer, TimeoutLayer};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 struct Counting;
@@ -206,4 +206,39 @@ fn bulkhead_admit_path_allocates_nothing_with(max_wait: Duration) {
         "with the inner future pending once"
     );
     assert_eq!(layer.handle().peak_in_flight(), 1);
+}
+
+#[test]
+fn circuit_breaker_closed_success_path_allocates_nothing() {
+    let layers = [
+        // The default: consecutive failures only.
+        CircuitBreakerLayer::builder("alloc").build().unwrap(),
+        // Every rule: a count window, a time window, slow calls (the clock is read per call).
+        CircuitBreakerLayer::builder("alloc")
+            .failure_rate_over_calls(0.5, 100, 10)
+            .failure_rate_over_time(0.5, Duration::from_secs(10), 10, 10)
+            .slow_calls(Duration::from_secs(1), 0.5)
+            .build()
+            .unwrap(),
+    ];
+    for layer in layers {
+        let mut n = 0;
+        assert_eq!(
+            allocations_per_call(layer.layer(ready_inner()), 1_000, || {
+                n += 1;
+                n
+            }),
+            0.0
+        );
+        let mut n = 0;
+        assert_eq!(
+            allocations_per_call(layer.layer(pending_once_inner()), 1_000, || {
+                n += 1;
+                n
+            }),
+            0.0,
+            "with the inner future pending once"
+        );
+        assert_eq!(layer.handle().counters().calls, 2 * 1_100);
+    }
 }

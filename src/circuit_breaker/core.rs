@@ -97,10 +97,16 @@ pub(crate) struct Core {
     trips: AtomicU32,
     rng: AtomicU64,
     counters: Counters,
+    /// A slow-call rule or a time window is set: calls are timed.
+    needs_clock: bool,
+    /// A rate window is set: every outcome is recorded, not only failures.
+    has_windows: bool,
 }
 
 impl Core {
     pub(crate) fn new(name: Arc<str>, policy: Policy) -> Self {
+        let policy_needs_clock = policy.slow.is_some() || policy.time.is_some();
+        let policy_has_windows = policy.count.is_some() || policy.time.is_some();
         Core {
             count: policy.count.map(|c| CountWindow::new(c.size)),
             time: policy.time.map(|t| TimeWindow::new(t.span, t.buckets)),
@@ -111,13 +117,17 @@ impl Core {
             word: AtomicU64::new(Word::initial().raw()),
             trips: AtomicU32::new(0),
             counters: Counters::default(),
+            needs_clock: policy_needs_clock,
+            has_windows: policy_has_windows,
         }
     }
 
+    #[inline]
     fn load(&self) -> Word {
         Word::from_raw(self.word.load(Ordering::Acquire))
     }
 
+    #[inline]
     fn cas(&self, current: Word, new: Word) -> Result<(), Word> {
         self.word
             .compare_exchange(
@@ -135,17 +145,28 @@ impl Core {
     }
 
     /// Whether a call's duration is needed: a slow-call rule or a time window is set.
+    #[inline]
     pub(crate) fn needs_clock(&self) -> bool {
-        self.policy.slow.is_some() || self.time.is_some()
+        self.needs_clock
     }
 
     // === admission ===
 
     /// Decides whether a call may go through. `now` is read only when the breaker is open.
+    #[inline]
     pub(crate) fn admit(&self, now: impl FnOnce() -> Instant) -> Decision {
+        let word = self.load();
+        if word.state() == CircuitState::Closed {
+            return Decision::Admit(Pass::Closed(word.generation()));
+        }
+        self.admit_slow(word, now)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn admit_slow(&self, mut word: Word, now: impl FnOnce() -> Instant) -> Decision {
         let mut now = Some(now);
         let mut now_value = None;
-        let mut word = self.load();
         loop {
             match word.state() {
                 CircuitState::Closed => return Decision::Admit(Pass::Closed(word.generation())),
@@ -203,7 +224,32 @@ impl Core {
 
     /// Records the outcome of an admitted call that completed. `elapsed` is its duration when
     /// [`needs_clock`](Self::needs_clock); `now` the moment it completed.
+    #[inline]
     pub(crate) fn complete(
+        &self,
+        pass: Pass,
+        outcome: Outcome,
+        elapsed: Option<Duration>,
+        now: Option<Instant>,
+    ) {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        // The common case, a success while Closed with no failure streak and no window to
+        // feed (and no slow-call rule, as windows come with it): one load, nothing written.
+        if let (Pass::Closed(generation), Outcome::Success, false) =
+            (pass, outcome, self.has_windows)
+        {
+            let word = self.load();
+            if word.state() == CircuitState::Closed
+                && word.generation() == generation
+                && word.failures() == 0
+            {
+                return;
+            }
+        }
+        self.complete_slow(pass, outcome, elapsed, now);
+    }
+
+    fn complete_slow(
         &self,
         pass: Pass,
         outcome: Outcome,
@@ -214,7 +260,6 @@ impl Core {
             (Some(rule), Some(elapsed)) => elapsed >= rule.threshold,
             _ => false,
         };
-        self.counters.calls.fetch_add(1, Ordering::Relaxed);
         if outcome.is_failure() {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -460,6 +505,15 @@ impl Core {
         (word.state() == CircuitState::Open).then(|| {
             Duration::from_millis(word.open_until_ms()).saturating_sub(self.since_base(now))
         })
+    }
+
+    pub(crate) fn probes_in_flight(&self) -> u64 {
+        let word = self.load();
+        if word.state() == CircuitState::HalfOpen {
+            word.probes()
+        } else {
+            0
+        }
     }
 
     pub(crate) fn consecutive_failures(&self) -> u64 {

@@ -31,6 +31,7 @@ impl Ticket {
         }
     }
 
+    #[inline]
     fn finish(mut self, outcome: Outcome, started: Option<Instant>) {
         self.armed = false;
         let (elapsed, now) = match started {

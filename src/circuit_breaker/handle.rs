@@ -41,6 +41,11 @@ impl CircuitBreakerHandle {
         self.core.time_until_probe(Instant::now())
     }
 
+    /// Probes in flight, while HalfOpen (zero in any other state).
+    pub fn probes_in_flight(&self) -> u64 {
+        self.core.probes_in_flight()
+    }
+
     /// Failures in a row so far, while Closed (zero in any other state).
     pub fn consecutive_failures(&self) -> u64 {
         self.core.consecutive_failures()
