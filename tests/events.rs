@@ -96,7 +96,8 @@ async fn breaker_transitions_and_rejections_are_reported() {
     svc.clone().oneshot(false).await.unwrap(); // probe, closes
 
     let events = capture.events("bulwark::circuit_breaker");
-    let summary: Vec<(Level, Option<&str>, Option<&str>, Option<&str>)> = events
+    type Summary<'a> = (Level, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    let summary: Vec<Summary<'_>> = events
         .iter()
         .map(|e| {
             (
