@@ -69,13 +69,18 @@ impl Policy {
         let Some(backoff) = self.backoff else {
             return self.break_duration;
         };
-        let grown =
-            self.break_duration.as_secs_f64() * backoff.factor.powi(trips_before.min(1_000) as i32);
+        if trips_before == 0 {
+            return self.break_duration;
+        }
+        let base = self.break_duration.as_secs_f64();
+        let grown = base * backoff.factor.powi(trips_before.min(1_000) as i32);
         let capped = grown.min(backoff.max.as_secs_f64());
-        // Jitter shortens the break by up to `jitter` of it, so breakers that tripped together
-        // do not all probe at the same instant.
-        let jittered = capped * (1.0 - backoff.jitter * random.clamp(0.0, 1.0));
-        Duration::try_from_secs_f64(jittered).unwrap_or(backoff.max)
+        // Jitter takes up to `jitter` of the growth away, so breakers that keep tripping
+        // together drift apart; the break never gets shorter than `break_duration`.
+        let jittered = base + (capped - base) * (1.0 - backoff.jitter * random.clamp(0.0, 1.0));
+        Duration::try_from_secs_f64(jittered)
+            .unwrap_or(backoff.max)
+            .clamp(self.break_duration, backoff.max)
     }
 }
 
@@ -184,8 +189,9 @@ impl<C> CircuitBreakerLayerBuilder<C> {
     }
 
     /// Makes the break grow on each consecutive trip without a successful close in between:
-    /// `break_duration * factor^n`, capped at `max`, shortened at random by up to `jitter` (in
-    /// [0, 1]) of it. A successful close resets it.
+    /// `break_duration * factor^n`, capped at `max`, with up to `jitter` (in [0, 1]) of the
+    /// growth taken away at random. Every break lasts at least `break_duration`, the first
+    /// exactly that. A successful close resets the growth.
     pub fn break_backoff(mut self, factor: f64, max: Duration, jitter: f64) -> Self {
         self.backoff = Some(Backoff {
             factor,
@@ -514,8 +520,10 @@ mod tests {
             let p = builder().break_duration(base).break_backoff(factor, max, jitter).validate().unwrap();
             let d = p.break_for(trips, random);
             prop_assert!(d <= max);
-            let floor = base.as_secs_f64() * (1.0 - jitter);
-            prop_assert!(d.as_secs_f64() >= floor * 0.999_999 - 1e-9);
+            prop_assert!(d >= base, "never shorter than break_duration");
+            if trips == 0 {
+                prop_assert_eq!(d, base, "the first break is exactly break_duration");
+            }
         }
 
         #[test]

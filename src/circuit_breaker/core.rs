@@ -46,8 +46,10 @@ impl Reason {
 pub(crate) enum Pass {
     /// Admitted while Closed, in this generation.
     Closed(u32),
-    /// A HalfOpen probe, holding one of the generation's probe slots.
-    Probe(u32),
+    /// A HalfOpen probe, holding one of the generation's probe slots. Also carries the
+    /// transition count at admission: the generation in the state word wraps (at 2^21), and a
+    /// probe that outlived a whole wrap must not give back a slot of an unrelated period.
+    Probe(u32, u64),
     /// Admitted while ForcedClosed or Disabled: counted, never moves the state.
     Bypass,
 }
@@ -185,7 +187,10 @@ impl Core {
                     match self.cas(word, probing) {
                         Ok(()) => {
                             self.transitioned(word, probing, Reason::BreakEnded);
-                            return Decision::Admit(Pass::Probe(probing.generation()));
+                            return Decision::Admit(Pass::Probe(
+                                probing.generation(),
+                                self.epoch(),
+                            ));
                         }
                         Err(actual) => word = actual,
                     }
@@ -196,7 +201,9 @@ impl Core {
                     }
                     let taken = word.with_probes(word.probes() + 1, word.successes());
                     match self.cas(word, taken) {
-                        Ok(()) => return Decision::Admit(Pass::Probe(word.generation())),
+                        Ok(()) => {
+                            return Decision::Admit(Pass::Probe(word.generation(), self.epoch()))
+                        }
                         Err(actual) => word = actual,
                     }
                 }
@@ -218,6 +225,26 @@ impl Core {
             retry_after = ?error.retry_after(),
             "call rejected"
         );
+    }
+
+    /// Whether a pass admitted earlier still belongs to the current state: a call that waited
+    /// (for the inner service to be ready) while the breaker changed state must be decided
+    /// again, or an Open breaker would still let it through.
+    #[inline]
+    pub(crate) fn still_admits(&self, pass: Pass) -> bool {
+        let word = self.load();
+        match pass {
+            Pass::Closed(generation) => {
+                word.state() == CircuitState::Closed && word.generation() == generation
+            }
+            Pass::Probe(generation, _) => {
+                word.state() == CircuitState::HalfOpen && word.generation() == generation
+            }
+            Pass::Bypass => matches!(
+                word.state(),
+                CircuitState::ForcedClosed | CircuitState::Disabled
+            ),
+        }
     }
 
     // === outcomes ===
@@ -268,16 +295,37 @@ impl Core {
         }
         match pass {
             Pass::Bypass => {}
-            Pass::Probe(generation) => self.probe_done(generation, outcome, slow, now),
+            Pass::Probe(generation, epoch) => {
+                if self.outlived_a_wrap(epoch) {
+                    return;
+                }
+                self.probe_done(generation, outcome, slow, now)
+            }
             Pass::Closed(generation) => self.closed_done(generation, outcome, slow, now),
         }
     }
 
     /// Gives back the slot of a probe whose future was dropped before it completed.
     pub(crate) fn abandon(&self, pass: Pass) {
-        if let Pass::Probe(generation) = pass {
+        if let Pass::Probe(generation, epoch) = pass {
+            if self.outlived_a_wrap(epoch) {
+                return;
+            }
             self.probe_done(generation, Outcome::Ignored, false, None);
         }
+    }
+
+    /// How many transitions have happened: the full count behind the word's wrapping
+    /// generation.
+    fn epoch(&self) -> u64 {
+        self.counters.transitions.load(Ordering::Acquire)
+    }
+
+    /// Whether so many transitions happened since `epoch` that the generation may have wrapped
+    /// round to the same value (half the wrap, for margin: the count is bumped just after
+    /// each transition).
+    fn outlived_a_wrap(&self, epoch: u64) -> bool {
+        self.epoch().wrapping_sub(epoch) >= super::state::GENERATIONS / 2
     }
 
     fn closed_done(&self, generation: u32, outcome: Outcome, slow: bool, now: Option<Instant>) {
@@ -291,18 +339,25 @@ impl Core {
         }
         let failure = outcome.is_failure();
 
-        // Rate rules: record, then judge only when this call could have raised a rate.
-        let mut rate_trip = None;
-        if let Some(window) = &self.count {
+        // Rate rules: record, then judge when this call could have raised a rate (a failure
+        // or a slow call) or brought a window up to its minimum of calls (a success while the
+        // window is still small).
+        let mut judge = failure || slow;
+        if let (Some(window), Some(rule)) = (&self.count, self.policy.count) {
             window.record(failure, slow);
+            judge |= window.tally().calls <= rule.min_calls;
         }
         let now_ms = now.map(|now| self.since_base(now).as_millis() as u64);
-        if let (Some(window), Some(now_ms)) = (&self.time, now_ms) {
-            window.record(now_ms, failure, slow);
+        if let (Some(window), Some(rule), Some(now_ms)) = (&self.time, self.policy.time, now_ms) {
+            // The calls of the current bucket: a cheap sign of a window still small.
+            let bucket_calls = window.record(now_ms, failure, slow);
+            judge |= bucket_calls <= rule.min_calls;
         }
-        if failure || slow {
-            rate_trip = self.rate_exceeded(now_ms);
-        }
+        let rate_trip = if judge {
+            self.rate_exceeded(now_ms)
+        } else {
+            None
+        };
 
         // The consecutive-failures rule lives in the state word.
         let mut word = word;
@@ -448,8 +503,11 @@ impl Core {
 
     fn transitioned(&self, from: Word, to: Word, reason: Reason) {
         self.counters.transitions.fetch_add(1, Ordering::Relaxed);
-        if from.state() == CircuitState::Closed && to.state() != CircuitState::Closed {
-            // Each Closed period starts with empty windows.
+        if (from.state() == CircuitState::Closed) != (to.state() == CircuitState::Closed) {
+            // Each Closed period starts with empty windows: cleared when the breaker leaves
+            // Closed, and again when it comes back, so an outcome recorded late by a call of
+            // the previous period (it passed its generation check just before the change)
+            // does not carry over.
             self.clear_windows();
         }
         let (from, to, reason) = (from.state().as_str(), to.state().as_str(), reason.as_str());
@@ -479,10 +537,9 @@ impl Core {
                 Ok(()) => {
                     if state == CircuitState::Closed {
                         self.trips.store(0, Ordering::Relaxed);
-                        if word.state() == CircuitState::Closed {
-                            // A reset of a Closed breaker: forget what the windows saw.
-                            self.clear_windows();
-                        }
+                        // A reset forgets what the windows saw (`transitioned` clears them
+                        // only on a change between Closed and another state).
+                        self.clear_windows();
                     }
                     self.transitioned(word, next, Reason::Handle);
                     return;
@@ -583,7 +640,7 @@ mod tests {
         assert_eq!(c.state(), CircuitState::Open);
         let e = rejected(c.admit(|| at(&c, 29_999)));
         assert_eq!(e.retry_after(), Some(Duration::from_millis(1)));
-        assert!(matches!(pass(c.admit(|| at(&c, 30_000))), Pass::Probe(_)));
+        assert!(matches!(pass(c.admit(|| at(&c, 30_000))), Pass::Probe(..)));
         assert_eq!(c.state(), CircuitState::HalfOpen);
     }
 
@@ -644,7 +701,7 @@ mod tests {
         let probe = pass(c.admit(|| at(&c, 30_000)));
         rejected(c.admit(|| at(&c, 30_000)));
         c.abandon(probe);
-        assert!(matches!(pass(c.admit(|| at(&c, 30_000))), Pass::Probe(_)));
+        assert!(matches!(pass(c.admit(|| at(&c, 30_000))), Pass::Probe(..)));
     }
 
     #[test]
@@ -699,6 +756,82 @@ mod tests {
         let left = a.time_until_probe(at(&a, 0)).unwrap();
         assert_eq!(Some(left), b.time_until_probe(at(&b, 0)));
         assert!(left >= Duration::from_secs(5) && left <= Duration::from_secs(10));
+    }
+
+    /// Threads admit and complete calls as fast as they can against a breaker that keeps
+    /// cycling (virtual time: each call moves the clock 1 ms; the break is 3 ms). Each thread
+    /// registers a probe in a shared table only after the breaker admitted it, and removes it
+    /// before reporting its outcome, so the table never holds more probes of a generation than
+    /// the breaker has admitted: any count above the limit is an over-admission.
+    #[test]
+    fn probes_never_exceed_the_limit_under_threads() {
+        use std::collections::HashMap;
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Mutex;
+
+        const MAX: u64 = 2;
+        let c = core(|b| {
+            b.consecutive_failures(2)
+                .half_open_max_calls(MAX as u32)
+                .success_threshold(3)
+                .break_duration(Duration::from_millis(3))
+        });
+        let clock = Arc::new(AtomicU64::new(0));
+        let table: Arc<Mutex<HashMap<u32, u64>>> = Arc::default();
+        let (peak, probes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicUsize::new(0)));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (c, clock, table) = (c.clone(), clock.clone(), table.clone());
+                let (peak, probes) = (peak.clone(), probes.clone());
+                std::thread::spawn(move || {
+                    let mut rng = 0x2545_F491_4F6C_DD1D_u64 ^ (t + 1);
+                    for _ in 0..20_000 {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let now = at(&c, clock.fetch_add(1, Ordering::Relaxed));
+                        let outcome = if rng % 10 < 4 {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        };
+                        match c.admit(|| now) {
+                            Decision::Admit(p @ Pass::Probe(generation, _)) => {
+                                probes.fetch_add(1, Ordering::Relaxed);
+                                {
+                                    let mut table = table.lock().unwrap();
+                                    let n = table.entry(generation).or_insert(0);
+                                    *n += 1;
+                                    peak.fetch_max(*n, Ordering::Relaxed);
+                                }
+                                std::thread::yield_now();
+                                *table.lock().unwrap().get_mut(&generation).unwrap() -= 1;
+                                if rng % 7 == 0 {
+                                    c.abandon(p);
+                                } else {
+                                    c.complete(p, outcome, None, Some(now));
+                                }
+                            }
+                            Decision::Admit(p) => c.complete(p, outcome, None, Some(now)),
+                            Decision::Reject(_) => {}
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(
+            probes.load(Ordering::Relaxed) > 100,
+            "probing was exercised"
+        );
+        assert!(
+            peak.load(Ordering::Relaxed) <= MAX,
+            "peak {}",
+            peak.load(Ordering::Relaxed)
+        );
+        assert!(c.counters().transitions > 100);
     }
 
     #[test]

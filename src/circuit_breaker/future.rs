@@ -31,6 +31,10 @@ impl Ticket {
         }
     }
 
+    pub(crate) fn pass(&self) -> Pass {
+        self.pass
+    }
+
     #[inline]
     fn finish(mut self, outcome: Outcome, started: Option<Instant>) {
         self.armed = false;

@@ -83,7 +83,10 @@
 //! When the breaker admits the next call, `poll_ready` polls the inner service's readiness as
 //! usual. When it rejects (Open, ForcedOpen, or HalfOpen with every probe slot taken),
 //! `poll_ready` returns `Ready(Ok(()))` at once without polling the inner service, and `call`
-//! returns an immediately ready `CircuitOpen` error. `poll_ready` never returns a rejection:
+//! returns an immediately ready `CircuitOpen` error. An admission made by `poll_ready` is
+//! checked again (one atomic load) by the next `poll_ready` and by `call`: if the breaker has
+//! changed state since (it tripped while the call waited for the inner service), the call is
+//! decided again. `poll_ready` never returns a rejection:
 //! tower treats an error there as the service being gone for good. A probe slot taken by
 //! `poll_ready` belongs to that service instance until its `call`; a clone does not copy it,
 //! and dropping the service gives it back.
@@ -229,8 +232,14 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Decide (again, if the last decision was a rejection: the break may have ended).
-        if !matches!(self.admission, Some(Admission::Admitted(_))) {
+        // Decide, or decide again if the last decision no longer holds: a rejection (the break
+        // may have ended), or an admission from a state the breaker has since left (it tripped
+        // while this call waited for the inner service).
+        let holds = match &self.admission {
+            Some(Admission::Admitted(ticket)) => self.core.still_admits(ticket.pass()),
+            _ => false,
+        };
+        if !holds {
             self.admission = Some(self.decide());
         }
         if let Some(Admission::Rejected(_)) = self.admission {
@@ -248,8 +257,17 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        // Called without `poll_ready`: decide now.
-        let admission = self.admission.take().unwrap_or_else(|| self.decide());
+        let admission = match self.admission.take() {
+            Some(Admission::Admitted(ticket)) if !self.core.still_admits(ticket.pass()) => {
+                // The state changed since `poll_ready`: decide again (the inner service is
+                // ready either way).
+                drop(ticket);
+                self.decide()
+            }
+            Some(admission) => admission,
+            // Called without `poll_ready`: decide now.
+            None => self.decide(),
+        };
         match admission {
             Admission::Admitted(ticket) => {
                 let started = self.core.needs_clock().then(Instant::now);

@@ -23,6 +23,8 @@ const GEN_BITS: u32 = 21;
 const PAYLOAD_SHIFT: u32 = KIND_BITS + GEN_BITS;
 const KIND_MASK: u64 = (1 << KIND_BITS) - 1;
 const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
+/// How many generations there are before the counter wraps.
+pub(crate) const GENERATIONS: u64 = 1 << GEN_BITS;
 /// The largest payload: 2^40 - 1.
 pub(crate) const PAYLOAD_MAX: u64 = (1 << (64 - PAYLOAD_SHIFT)) - 1;
 /// The largest half-open probe count or success count: 2^20 - 1.

@@ -22,7 +22,9 @@ pub(crate) struct Tally {
 impl Tally {
     /// Whether `part` of the calls reaches `rate`, once at least `min_calls` were seen.
     pub(crate) fn reaches(self, part: u32, rate: f64, min_calls: u32) -> bool {
-        self.calls >= min_calls && self.calls > 0 && f64::from(part) >= rate * f64::from(self.calls)
+        // A division, correctly rounded, so that exact ratios (7 of 100 at 0.07) compare
+        // equal; `part >= rate * calls` gets some of them wrong.
+        self.calls >= min_calls && self.calls > 0 && f64::from(part) / f64::from(self.calls) >= rate
     }
 }
 
@@ -120,9 +122,11 @@ impl CountWindow {
 ///
 /// A call is added to the bucket of the moment it completes. A bucket is reused for a newer
 /// period by the first call that finds it stale, which swaps in the new period and zeroes its
-/// counts; a call recorded by another thread in that same instant may go uncounted (a lossy
-/// edge of a few calls at most, never an over-count). The tally covers the current bucket and
-/// the `buckets - 1` before it, so it spans between `span - span / buckets` and `span`.
+/// counts. Under contention, at that instant, a call recorded by another thread may go
+/// uncounted, or one that read the old period may be added to the new one: the counts are
+/// exact without contention and off by the few calls racing a bucket's turnover with it. The
+/// tally covers the current bucket and the `buckets - 1` before it, so it spans between
+/// `span - span / buckets` and `span`.
 pub(crate) struct TimeWindow {
     width_ms: u64,
     buckets: Box<[Bucket]>,
@@ -158,8 +162,9 @@ impl TimeWindow {
         now_ms / self.width_ms
     }
 
-    /// Records a call that completed at `now_ms` (milliseconds since the breaker was built).
-    pub(crate) fn record(&self, now_ms: u64, failure: bool, slow: bool) {
+    /// Records a call that completed at `now_ms` (milliseconds since the breaker was built);
+    /// returns how many calls its bucket holds now.
+    pub(crate) fn record(&self, now_ms: u64, failure: bool, slow: bool) -> u32 {
         let period = self.period(now_ms);
         let tag = period + 1;
         let bucket = &self.buckets[(period % self.buckets.len() as u64) as usize];
@@ -167,7 +172,7 @@ impl TimeWindow {
         while seen != tag {
             if seen > tag {
                 // The bucket already holds a newer period: this call is too old to count.
-                return;
+                return 0;
             }
             match bucket
                 .period
@@ -182,13 +187,17 @@ impl TimeWindow {
                 Err(actual) => seen = actual,
             }
         }
-        bucket.calls.fetch_add(1, Ordering::AcqRel);
+        let calls = bucket
+            .calls
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
         if failure {
             bucket.failures.fetch_add(1, Ordering::AcqRel);
         }
         if slow {
             bucket.slow.fetch_add(1, Ordering::AcqRel);
         }
+        calls
     }
 
     /// What the window holds at `now_ms`: the current bucket and the ones before it.
@@ -287,6 +296,9 @@ mod tests {
     fn a_time_window_forgets_calls_older_than_its_span() {
         // 10 s in 10 buckets of 1 s.
         let w = TimeWindow::new(Duration::from_secs(10), 10);
+        assert_eq!(w.record(500, true, false), 1);
+        assert_eq!(w.record(600, false, false), 2, "the bucket's calls so far");
+        w.clear();
         w.record(500, true, false);
         w.record(1_500, false, false);
         assert_eq!(

@@ -161,6 +161,91 @@ async fn a_failed_probe_reopens_for_another_break() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_rate_reached_by_a_success_filling_the_window_trips() {
+    let down = Downstream::default();
+    let (layer, handle) = breaker(
+        CircuitBreakerLayer::builder("b")
+            .no_consecutive_failures()
+            .failure_rate_over_calls(0.5, 10, 10),
+    );
+    let svc = layer.layer(down.service());
+    down.fail(true);
+    for _ in 0..5 {
+        call(&svc).await.unwrap_err();
+    }
+    down.fail(false);
+    for _ in 0..4 {
+        call(&svc).await.unwrap();
+    }
+    assert_eq!(
+        handle.state(),
+        CircuitState::Closed,
+        "9 calls: below the minimum"
+    );
+    // The 10th call, a success, brings the window to its minimum with 5 of 10 failed.
+    call(&svc).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_call_waiting_for_the_inner_service_is_rejected_if_the_breaker_trips_meanwhile() {
+    let (layer, handle) = breaker(CircuitBreakerLayer::builder("b").consecutive_failures(1));
+    let (mut waiting, mut inner) = mock::spawn_layer::<u32, u32, _>(layer.clone());
+    inner.allow(0);
+    assert_pending!(waiting.poll_ready()); // admitted while Closed, waits for the inner service
+
+    // Another clone trips the breaker meanwhile.
+    let down = Downstream::default();
+    down.fail(true);
+    layer.layer(down.service()).oneshot(1).await.unwrap_err();
+    assert_eq!(handle.state(), CircuitState::Open);
+
+    inner.allow(1);
+    assert_ready_ok!(waiting.poll_ready());
+    let err = assert_ready_err!(task::spawn(waiting.call(2)).poll());
+    assert!(is_open(&err), "decided again, and rejected");
+    assert!(
+        inner.poll_request().is_pending(),
+        "the failing downstream was not called"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_admission_gone_stale_before_call_is_decided_again_at_call() {
+    let (layer, handle) = breaker(CircuitBreakerLayer::builder("b"));
+    let (mut svc, mut inner) = mock::spawn_layer::<u32, u32, _>(layer);
+    assert_ready_ok!(svc.poll_ready()); // admitted while Closed
+    handle.force_open();
+    let err = assert_ready_err!(task::spawn(svc.call(1)).poll());
+    assert!(is_open(&err));
+    assert!(inner.poll_request().is_pending());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_inner_readiness_error_gives_the_probe_slot_back() {
+    let (layer, handle) = probing_breaker(1);
+    let down = Downstream::default();
+    down.fail(true);
+    layer.layer(down.service()).oneshot(1).await.unwrap_err();
+    time::advance(Duration::from_secs(1)).await;
+
+    let (mut broken, mut broken_inner) = mock::spawn_layer::<u32, u32, _>(layer.clone());
+    broken_inner.allow(0);
+    assert_pending!(broken.poll_ready()); // holds the only probe slot
+    assert_eq!(handle.probes_in_flight(), 1);
+    broken_inner.send_error(DownstreamError("gone"));
+    assert!(assert_ready_err!(broken.poll_ready()).is::<DownstreamError>());
+    assert_eq!(handle.probes_in_flight(), 0);
+
+    down.fail(false);
+    assert_eq!(
+        layer.layer(down.service()).oneshot(5).await.unwrap(),
+        5,
+        "a probe got the slot"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_count_window_forgets_old_successes() {
     let down = Downstream::default();
     let (layer, handle) = breaker(
@@ -378,11 +463,9 @@ async fn half_open_admits_at_most_its_probes_across_clones() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_dropped_probe_gives_its_slot_back() {
-    let (layer, handle) = probing_breaker(1);
+    let (layer, _handle) = probing_breaker(1);
     let (mut svc, mut inner) = mock::spawn_layer::<u32, u32, _>(layer.clone());
     let (mut other, mut other_inner) = mock::spawn_layer::<u32, u32, _>(layer);
-    handle.force_open();
-    handle.reset();
     // Trip it.
     assert_ready_ok!(svc.poll_ready());
     let f = svc.call(1);
@@ -548,9 +631,11 @@ fn invalid_configuration_is_a_typed_error_naming_the_field() {
 /// cycling through Closed, Open and HalfOpen.
 ///
 /// Which calls are probes is known only inside the breaker (a call admitted while Closed may
-/// still be running when the breaker is HalfOpen), so the probe limit is read from the
-/// breaker's own probe count, sampled by the downstream on every call; the single-threaded
-/// tests above check the same limit by counting downstream calls.
+/// still be running when the breaker is HalfOpen), so here the probe limit is read from the
+/// breaker's own probe count, sampled by the downstream on every call. The tests that can fail
+/// on an over-admission count probes from outside: the single-threaded ones above count
+/// downstream calls, and `probes_never_exceed_the_limit_under_threads` in
+/// `src/circuit_breaker/core.rs` counts admitted probes per generation across 4 threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_two_thread_contention_the_probe_limit_holds_and_counters_add_up() {
     const MAX_PROBES: u64 = 3;
