@@ -274,6 +274,60 @@ fn circuit_breaker(c: &mut Criterion) {
     );
 }
 
+/// tower's `Retry` with a policy that never retries (but clones the request, as a policy
+/// that may retry must): the cost of the retry machinery alone.
+#[derive(Clone, Copy)]
+struct NeverRetry;
+
+impl<E> tower::retry::Policy<u64, u64, E> for NeverRetry {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, _: &mut Result<u64, E>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+}
+
+fn retry(c: &mut Criterion) {
+    let bulwark = || {
+        bulwark::RetryLayer::builder("bench")
+            .build()
+            .expect("a valid retry layer")
+    };
+    let bulwark_no_budget = || {
+        bulwark::RetryLayer::builder("bench")
+            .no_budget()
+            .build()
+            .expect("a valid retry layer")
+    };
+    let tower = || tower::retry::RetryLayer::new(NeverRetry);
+    for mode in [Mode::Ready, Mode::PendingOnce] {
+        bench_sequential(c, "retry", "baseline", mode, inner(mode));
+        bench_sequential(c, "retry", "tower", mode, tower().layer(inner(mode)));
+        bench_sequential(c, "retry", "bulwark", mode, bulwark().layer(inner(mode)));
+        bench_sequential(
+            c,
+            "retry",
+            "bulwark_no_budget",
+            mode,
+            bulwark_no_budget().layer(inner(mode)),
+        );
+    }
+    let mode = Mode::PendingOnce;
+    bench_contended(c, "retry", "baseline", inner(mode));
+    bench_contended(c, "retry", "tower", tower().layer(inner(mode)));
+    bench_contended(c, "retry", "bulwark", bulwark().layer(inner(mode)));
+    bench_contended(
+        c,
+        "retry",
+        "bulwark_no_budget",
+        bulwark_no_budget().layer(inner(mode)),
+    );
+}
+
 fn timeout(c: &mut Criterion) {
     let limit = Duration::from_secs(30);
     for mode in [Mode::Ready, Mode::PendingOnce] {
@@ -295,5 +349,5 @@ fn timeout(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, timeout, bulkhead, circuit_breaker);
+criterion_group!(benches, timeout, bulkhead, circuit_breaker, retry);
 criterion_main!(benches);

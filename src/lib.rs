@@ -10,18 +10,17 @@
 //! | --- | --- | --- |
 //! | Timeout | [`timeout`] | available |
 //! | Circuit breaker | [`circuit_breaker`] | available |
-//! | Retry with backoff and budget | `retry` | planned |
+//! | Retry with backoff and budget | [`retry`] | available for `Clone` requests; HTTP body replay, `Retry-After` and idempotency rules planned |
 //! | Bulkhead | [`bulkhead`] | available |
 //!
 //! # Example
 //!
-//! A client stack in the order the layers are meant to go, outer to inner (retry, between the
-//! total timeout and the breaker, is still to come):
+//! A client stack in the order the layers are meant to go, outer to inner:
 //!
 //! ```
 //! use std::time::Duration;
 //! use bulwark::error::{rejection, Rejection};
-//! use bulwark::{BoxError, BulkheadLayer, CircuitBreakerLayer, TimeoutLayer};
+//! use bulwark::{BoxError, BulkheadLayer, CircuitBreakerLayer, RetryLayer, TimeoutLayer};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -33,7 +32,8 @@
 //! let client = ServiceBuilder::new()
 //!     .layer(bulkhead) // at most 64 calls in flight, across every clone
 //!     .layer(TimeoutLayer::new(Duration::from_secs(5))) // the caller's whole budget
-//!     .layer(breaker) // stop calling a failing downstream
+//!     .layer(RetryLayer::builder("inventory").build()?) // retry failures, within a budget
+//!     .layer(breaker) // stop calling a failing downstream; its rejection ends the retries
 //!     .layer(TimeoutLayer::new(Duration::from_secs(1))) // one attempt; a timeout is a failure
 //!     .service(service_fn(|sku: &'static str| async move {
 //!         Ok::<_, BoxError>(format!("{sku}: 3 in stock"))
@@ -82,11 +82,14 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod error;
+pub mod retry;
 pub mod timeout;
+mod window;
 
 pub use crate::bulkhead::{Bulkhead, BulkheadLayer};
 pub use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use crate::error::BoxError;
+pub use crate::retry::{Retry, RetryLayer};
 pub use crate::timeout::{Timeout, TimeoutLayer};
 
 /// Compiles and runs the Rust snippets of the README, so it stays true to the code.

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bulwark::{BulkheadLayer, CircuitBreakerLayer, TimeoutLayer};
+use bulwark::{BulkheadLayer, CircuitBreakerLayer, RetryLayer, TimeoutLayer};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 struct Counting;
@@ -108,12 +108,12 @@ fn ready_inner() -> impl Service<
     Response = u64,
     Error = Infallible,
     Future = impl Future<Output = Result<u64, Infallible>>,
-> {
+> + Clone {
     service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)))
 }
 
 fn pending_once_inner(
-) -> impl Service<u64, Response = u64, Error = Infallible, Future = PendingOnce> {
+) -> impl Service<u64, Response = u64, Error = Infallible, Future = PendingOnce> + Clone {
     service_fn(|x: u64| PendingOnce(Some(x), false))
 }
 
@@ -241,4 +241,31 @@ fn circuit_breaker_closed_success_path_allocates_nothing() {
         );
         assert_eq!(layer.handle().counters().calls, 2 * 1_100);
     }
+}
+
+#[test]
+fn retry_success_path_allocates_nothing() {
+    // With its budget (a clock read and a bucket add per call) and a deadline.
+    let layer = RetryLayer::builder("alloc")
+        .deadline(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut n = 0;
+    assert_eq!(
+        allocations_per_call(layer.layer(ready_inner()), 1_000, || {
+            n += 1;
+            n
+        }),
+        0.0
+    );
+    let mut n = 0;
+    assert_eq!(
+        allocations_per_call(layer.layer(pending_once_inner()), 1_000, || {
+            n += 1;
+            n
+        }),
+        0.0,
+        "with the inner future pending once"
+    );
+    assert_eq!(layer.handle().retries(), 0);
 }

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use super::config::Policy;
 use super::error::CircuitOpen;
 use super::state::{CircuitState, Word};
-use super::window::{CountWindow, TimeWindow};
 use crate::classify::Outcome;
+use crate::window::{CountWindow, Tally, TimeWindow};
 
 /// Why the breaker changed state, as reported in events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,7 +411,7 @@ impl Core {
     /// The rate rule a window now breaks, if any.
     fn rate_exceeded(&self, now_ms: Option<u64>) -> Option<Reason> {
         let slow_rate = self.policy.slow.map(|s| s.rate);
-        let judge = |tally: super::window::Tally, failure_rate: f64, min_calls: u32| {
+        let judge = |tally: Tally, failure_rate: f64, min_calls: u32| {
             if tally.reaches(tally.failures, failure_rate, min_calls) {
                 Some(Reason::FailureRate)
             } else if slow_rate.is_some_and(|rate| tally.reaches(tally.slow, rate, min_calls)) {

@@ -133,7 +133,6 @@ pub mod future;
 mod handle;
 mod layer;
 mod state;
-mod window;
 
 pub use self::config::CircuitBreakerLayerBuilder;
 pub use self::core::CircuitCounters;

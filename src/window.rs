@@ -1,7 +1,8 @@
-//! Sliding windows of call outcomes, for the failure-rate and slow-call-rate rules.
+//! Sliding windows of call outcomes: the circuit breaker's failure-rate and slow-call-rate
+//! rules, and the retry budget's record of calls and retries.
 //!
-//! Both windows are lock-free and O(1) per recorded call. They are cleared whenever the
-//! breaker leaves Closed, so each Closed period starts with an empty window.
+//! Both windows are lock-free and O(1) per recorded call. No `Service` code here: they are
+//! tested without a runtime, with the time passed in.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;

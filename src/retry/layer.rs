@@ -1,0 +1,325 @@
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_layer::Layer;
+
+use super::backoff::{Backoff, Jitter, Rng};
+use super::budget::{Budget, RetryBudget};
+use super::error::GaveUp;
+use super::Retry;
+use crate::classify::DefaultClassifier;
+use crate::error::ConfigError;
+
+const COMPONENT: &str = "retry";
+
+// === Shared ===
+
+/// The state every clone of one retry layer shares.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) budget: Option<Budget>,
+    seeds: AtomicU64,
+    retries: AtomicU64,
+    gave_up: AtomicU64,
+}
+
+impl Shared {
+    /// A random source for one call's retries, seeded from the layer's sequence (taken only
+    /// when a call is about to be retried).
+    pub(crate) fn rng(&self) -> Rng {
+        let mut seeds = Rng::new(
+            self.seeds
+                .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed),
+        );
+        Rng::new((seeds.next_f64() * (1u64 << 53) as f64) as u64)
+    }
+
+    pub(crate) fn retried(&self, attempt: u32, delay: Duration) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(target: "bulwark::retry", name = %self.name, attempt, delay = ?delay, "retrying");
+    }
+
+    pub(crate) fn gave_up(&self, attempts: u32, reason: GaveUp) {
+        self.gave_up.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            target: "bulwark::retry",
+            name = %self.name,
+            attempts,
+            reason = reason.as_str(),
+            "not retrying"
+        );
+    }
+
+    pub(crate) fn deposit(&self) {
+        if let Some(budget) = &self.budget {
+            budget.deposit(Instant::now());
+        }
+    }
+}
+
+// === RetryLayer ===
+
+/// Applies [`Retry`] to the services it wraps; every one of them shares this layer's retry
+/// budget and counters.
+///
+/// Built with [`RetryLayer::builder`]. See the [module docs](crate::retry).
+#[must_use]
+pub struct RetryLayer<C = DefaultClassifier> {
+    shared: Arc<Shared>,
+    classifier: C,
+}
+
+impl RetryLayer {
+    /// Starts building a retry layer named `name` (used in errors, events and metrics).
+    pub fn builder(name: impl Into<Arc<str>>) -> RetryLayerBuilder {
+        RetryLayerBuilder {
+            name: name.into(),
+            classifier: DefaultClassifier::new(),
+            max_attempts: 3,
+            base: Duration::from_secs(2),
+            factor: 2.0,
+            max: Duration::from_secs(10),
+            jitter: Jitter::default(),
+            seed: None,
+            deadline: None,
+            budget: Some(RetryBudget::default()),
+        }
+    }
+}
+
+impl<C> RetryLayer<C> {
+    /// A handle to this layer's counters and budget.
+    pub fn handle(&self) -> RetryHandle {
+        RetryHandle::from_shared(self.shared.clone())
+    }
+}
+
+impl<C: Clone> Clone for RetryLayer<C> {
+    fn clone(&self) -> Self {
+        RetryLayer {
+            shared: self.shared.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for RetryLayer<C> {
+    type Service = Retry<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::from_parts(inner, self.shared.clone(), self.classifier.clone())
+    }
+}
+
+impl<C> fmt::Debug for RetryLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("name", &self.shared.name)
+            .field("max_attempts", &self.shared.max_attempts)
+            .field("backoff", &self.shared.backoff)
+            .field("deadline", &self.shared.deadline)
+            .finish()
+    }
+}
+
+// === RetryLayerBuilder ===
+
+/// Builds a [`RetryLayer`]; [`build`](Self::build) validates the configuration.
+///
+/// Defaults: 3 attempts (the first included); backoff from 2 s, doubling, capped at 10 s, with
+/// decorrelated jitter; no deadline; the default [`RetryBudget`]; [`DefaultClassifier`] (every
+/// `Err` is retried, no `Ok` is).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RetryLayerBuilder<C = DefaultClassifier> {
+    name: Arc<str>,
+    classifier: C,
+    max_attempts: u32,
+    base: Duration,
+    factor: f64,
+    max: Duration,
+    jitter: Jitter,
+    seed: Option<u64>,
+    deadline: Option<Duration>,
+    budget: Option<RetryBudget>,
+}
+
+impl<C> RetryLayerBuilder<C> {
+    /// How many attempts a call may get, the first included (default 3; 1 turns retries off).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Exponential backoff: the first retry waits about `base`, each next one `factor` times
+    /// longer, never more than `max` (defaults: 2 s, 2, 10 s).
+    pub fn backoff(mut self, base: Duration, factor: f64, max: Duration) -> Self {
+        self.base = base;
+        self.factor = factor;
+        self.max = max;
+        self
+    }
+
+    /// How the waits are randomised (default [`Jitter::Decorrelated`]).
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Seeds the jitter's random source, for reproducible tests.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// No attempt starts later than `deadline` after the call was made: a retry whose wait
+    /// would end past it is not made. The attempt under way is not cut short; put a
+    /// [`TimeoutLayer`](crate::TimeoutLayer) outside the retry layer for that.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The retry budget, shared by every clone (default [`RetryBudget::default`]).
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// No retry budget: only the maximum of attempts and the deadline limit retries. An outage
+    /// then multiplies the traffic to the failing downstream by the maximum of attempts.
+    pub fn no_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// Decides which results are retried: those classified as [`Outcome::Failure`]
+    /// (default: [`DefaultClassifier`], every `Err`).
+    ///
+    /// The classifier sees the result with the error boxed (`&Result<Response, BoxError>`)
+    /// and is cloned into each call's response future.
+    ///
+    /// [`Outcome::Failure`]: crate::classify::Outcome::Failure
+    pub fn classifier<C2>(self, classifier: C2) -> RetryLayerBuilder<C2> {
+        RetryLayerBuilder {
+            name: self.name,
+            classifier,
+            max_attempts: self.max_attempts,
+            base: self.base,
+            factor: self.factor,
+            max: self.max,
+            jitter: self.jitter,
+            seed: self.seed,
+            deadline: self.deadline,
+            budget: self.budget,
+        }
+    }
+
+    /// Validates the configuration and creates the layer, with its shared budget.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid field: zero attempts, a zero base, a factor
+    /// below 1 (or NaN), a cap below the base, a zero deadline, or a budget with a negative or
+    /// non-finite ratio or a window under 10 ms.
+    pub fn build(self) -> Result<RetryLayer<C>, ConfigError> {
+        let err = |field, problem| Err(ConfigError::new(COMPONENT, field, problem));
+        if self.max_attempts == 0 {
+            return err("max_attempts", "must be at least 1 (the first attempt)");
+        }
+        if self.base.is_zero() {
+            return err("backoff.base", "must be greater than zero");
+        }
+        if !self.factor.is_finite() || self.factor < 1.0 {
+            return err("backoff.factor", "must be a finite number of at least 1");
+        }
+        if self.max < self.base {
+            return err("backoff.max", "must be at least the base");
+        }
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            return err("deadline", "must be greater than zero");
+        }
+        if let Some(b) = self.budget {
+            if !b.ratio.is_finite() || b.ratio < 0.0 {
+                return err("budget.ratio", "must be a finite number of at least 0");
+            }
+            if b.window < Duration::from_millis(10) || b.window.as_millis() > u128::from(u32::MAX) {
+                return err("budget.window", "must be between 10 ms and about 49 days");
+            }
+        }
+        let seed = self.seed.unwrap_or_else(|| {
+            static BUILT: AtomicU64 = AtomicU64::new(0x853C_49E6_748F_EA9B);
+            BUILT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+        });
+        Ok(RetryLayer {
+            shared: Arc::new(Shared {
+                name: self.name,
+                max_attempts: self.max_attempts,
+                backoff: Backoff {
+                    base: self.base,
+                    factor: self.factor,
+                    max: self.max,
+                    jitter: self.jitter,
+                },
+                deadline: self.deadline,
+                budget: self.budget.map(Budget::new),
+                seeds: AtomicU64::new(seed),
+                retries: AtomicU64::new(0),
+                gave_up: AtomicU64::new(0),
+            }),
+            classifier: self.classifier,
+        })
+    }
+}
+
+// === RetryHandle ===
+
+/// Reads a retry layer's counters and budget, for metrics.
+#[derive(Clone)]
+pub struct RetryHandle {
+    shared: Arc<Shared>,
+}
+
+impl RetryHandle {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        RetryHandle { shared }
+    }
+
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Retries made since the layer was built.
+    pub fn retries(&self) -> u64 {
+        self.shared.retries.load(Ordering::Relaxed)
+    }
+
+    /// Calls that failed and were not retried further (out of attempts, budget, deadline, or
+    /// facing an open circuit).
+    pub fn gave_up(&self) -> u64 {
+        self.shared.gave_up.load(Ordering::Relaxed)
+    }
+
+    /// Retries the budget allows now (`None` without a budget).
+    pub fn budget_available(&self) -> Option<f64> {
+        let now = Instant::now();
+        self.shared.budget.as_ref().map(|b| b.available(now))
+    }
+}
+
+impl fmt::Debug for RetryHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryHandle")
+            .field("name", &self.name())
+            .field("retries", &self.retries())
+            .field("gave_up", &self.gave_up())
+            .finish()
+    }
+}
