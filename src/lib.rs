@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | Timeout | [`timeout`] | available |
 //! | Circuit breaker | [`circuit_breaker`] | available |
-//! | Retry with backoff and budget | [`retry`] | available for `Clone` requests; HTTP body replay, `Retry-After` and idempotency rules planned |
+//! | Retry with backoff and budget; HTTP replay, `Retry-After`, idempotency | [`retry`] | available |
 //! | Bulkhead | [`bulkhead`] | available |
 //!
 //! # Example
@@ -66,7 +66,8 @@
 //!
 //! # Feature flags
 //!
-//! - `http` (default): the HTTP and gRPC classifiers in [`classify`].
+//! - `http` (default): the HTTP and gRPC classifiers in [`classify`], and HTTP retry
+//!   ([`RetryLayer::http`]: replayable bodies, `Retry-After`, idempotency rules).
 //!
 //! # Minimum supported Rust version
 //!

@@ -5,7 +5,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bulwark::{BoxError, BulkheadLayer, CircuitBreakerLayer, TimeoutLayer};
+use bulwark::retry::Jitter;
+use bulwark::{BoxError, BulkheadLayer, CircuitBreakerLayer, RetryLayer, TimeoutLayer};
 use tokio_test::assert_ready_ok;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_test::mock;
@@ -165,4 +166,40 @@ async fn bulkhead_and_timeout_rejections_are_reported() {
     let events = capture.events("bulwark::timeout");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].fields["after"], "5ms");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn each_retry_and_the_giving_up_are_reported() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+
+    let layer = RetryLayer::builder("inventory")
+        .max_attempts(2)
+        .backoff(Duration::from_millis(100), 2.0, Duration::from_secs(1))
+        .jitter(Jitter::None)
+        .no_budget()
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|_: ()| async {
+        Err::<(), BoxError>("down".into())
+    }));
+    svc.oneshot(()).await.unwrap_err();
+
+    let events = capture.events("bulwark::retry");
+    assert_eq!(events.len(), 2);
+    let retry = &events[0].fields;
+    assert_eq!(
+        (
+            retry["name"].as_str(),
+            retry["attempt"].as_str(),
+            retry["delay"].as_str(),
+            retry["reason"].as_str()
+        ),
+        ("inventory", "2", "100ms", "error")
+    );
+    let gave_up = &events[1].fields;
+    assert_eq!(
+        (gave_up["attempts"].as_str(), gave_up["reason"].as_str()),
+        ("2", "max attempts")
+    );
 }

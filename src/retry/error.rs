@@ -18,17 +18,20 @@ pub enum GaveUp {
     /// A circuit breaker rejected the call and will not let a probe through before the next
     /// attempt (or is forced open).
     CircuitOpen,
+    /// The downstream asked (with `Retry-After`) for a longer wait than the layer's cap.
+    RetryAfter,
 }
 
 impl GaveUp {
     /// A short lowercase description, stable for logs and metrics labels: `max attempts`,
-    /// `budget`, `deadline`, `circuit open`.
+    /// `budget`, `deadline`, `circuit open`, `retry-after too long`.
     pub const fn as_str(self) -> &'static str {
         match self {
             GaveUp::MaxAttempts => "max attempts",
             GaveUp::Budget => "budget",
             GaveUp::Deadline => "deadline",
             GaveUp::CircuitOpen => "circuit open",
+            GaveUp::RetryAfter => "retry-after too long",
         }
     }
 }

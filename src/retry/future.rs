@@ -14,20 +14,20 @@ use tower_service::Service;
 use super::backoff::Rng;
 use super::error::{GaveUp, RetriesExhausted};
 use super::layer::Shared;
+use super::policy::{RetryPolicy, Verdict};
 use crate::circuit_breaker::error::CircuitOpen;
-use crate::classify::Classify;
 use crate::BoxError;
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry): the current attempt, or the wait before
     /// the next one.
-    pub struct ResponseFuture<S, Request, C>
+    pub struct ResponseFuture<S, Request, P>
     where
         S: Service<Request>,
     {
         #[pin]
         state: State<S::Future>,
-        attempts: Attempts<S, Request, C>,
+        attempts: Attempts<S, Request, P>,
     }
 }
 
@@ -47,10 +47,10 @@ pin_project! {
 }
 
 /// What the future keeps between attempts.
-struct Attempts<S, Request, C> {
+struct Attempts<S, Request, P> {
     service: S,
     request: Option<Request>,
-    classifier: C,
+    policy: P,
     shared: Arc<Shared>,
     attempt: u32,
     started: Option<Instant>,
@@ -65,7 +65,7 @@ enum Next {
     GiveUp(GaveUp),
 }
 
-impl<S, Request, C> ResponseFuture<S, Request, C>
+impl<S, Request, P> ResponseFuture<S, Request, P>
 where
     S: Service<Request>,
 {
@@ -73,7 +73,7 @@ where
         response: S::Future,
         service: S,
         request: Option<Request>,
-        classifier: C,
+        policy: P,
         shared: Arc<Shared>,
     ) -> Self {
         let started = shared.deadline.map(|_| Instant::now());
@@ -82,7 +82,7 @@ where
             attempts: Attempts {
                 service,
                 request,
-                classifier,
+                policy,
                 shared,
                 attempt: 1,
                 started,
@@ -93,21 +93,30 @@ where
     }
 }
 
-impl<S, Request, C> Attempts<S, Request, C> {
+impl<S, Request, P> Attempts<S, Request, P> {
     fn after<T>(&mut self, result: &Result<T, BoxError>) -> Next
     where
-        C: Classify<T, BoxError>,
+        P: RetryPolicy<Request, T>,
     {
         let shared = &self.shared;
-        // With retries off (one attempt), results pass through unchanged.
-        if !self.classifier.classify(result).is_failure() || shared.max_attempts == 1 {
+        // With retries off (one attempt), or a request that cannot be sent again, results
+        // pass through unchanged.
+        let Some(request) = self.request.as_ref() else {
             return Next::Done;
-        }
-        if self.attempt >= shared.max_attempts || self.request.is_none() {
+        };
+        let hint = match self.policy.verdict(request, result) {
+            Verdict::Return => return Next::Done,
+            Verdict::GiveUp(reason) => return Next::GiveUp(reason),
+            Verdict::Retry => None,
+            Verdict::RetryAfter(hint) => Some(hint),
+        };
+        if self.attempt >= shared.max_attempts {
             return Next::GiveUp(GaveUp::MaxAttempts);
         }
         let random = self.rng.get_or_insert_with(|| shared.rng()).next_f64();
-        let delay = shared.backoff.delay(self.attempt, self.last_delay, random);
+        let backoff = shared.backoff.delay(self.attempt, self.last_delay, random);
+        // The downstream's `Retry-After` is a floor: never come back sooner than asked.
+        let delay = hint.map_or(backoff, |hint| hint.max(backoff));
         if let Err(err) = result {
             if let Some(open) = crate::error::find::<CircuitOpen>(&**err) {
                 // Waiting out the backoff is pointless if the breaker rejects until later.
@@ -127,18 +136,22 @@ impl<S, Request, C> Attempts<S, Request, C> {
                 return Next::GiveUp(GaveUp::Budget);
             }
         }
-        self.last_delay = delay;
-        shared.retried(self.attempt + 1, delay);
+        self.last_delay = backoff;
+        let reason = match (result.is_err(), hint.is_some()) {
+            (_, true) => "retry-after",
+            (true, false) => "error",
+            (false, false) => "response",
+        };
+        shared.retried(self.attempt + 1, delay, reason);
         Next::Wait(delay)
     }
 }
 
-impl<S, Request, C> Future for ResponseFuture<S, Request, C>
+impl<S, Request, P> Future for ResponseFuture<S, Request, P>
 where
     S: Service<Request>,
     S::Error: Into<BoxError>,
-    Request: Clone,
-    C: Classify<S::Response, BoxError>,
+    P: RetryPolicy<Request, S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -147,12 +160,16 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { response } => {
-                    let result = ready!(response.poll(cx)).map_err(Into::into);
+                    let mut result = ready!(response.poll(cx)).map_err(Into::into);
+                    let attempts = this.attempts.attempt;
                     match this.attempts.after(&result) {
-                        Next::Done => return Poll::Ready(result),
+                        Next::Done => {
+                            this.attempts.policy.finish(&mut result, attempts);
+                            return Poll::Ready(result);
+                        }
                         Next::GiveUp(reason) => {
-                            let attempts = this.attempts.attempt;
                             this.attempts.shared.gave_up(attempts, reason);
+                            this.attempts.policy.finish(&mut result, attempts);
                             return Poll::Ready(result.map_err(|last| {
                                 Box::new(RetriesExhausted::new(attempts, reason, last)) as BoxError
                             }));
@@ -173,16 +190,18 @@ where
                         return Poll::Ready(Err(err.into()));
                     }
                     attempts.attempt += 1;
-                    // The last allowed attempt takes the request; earlier ones take a copy.
-                    let request = if attempts.attempt >= attempts.shared.max_attempts {
-                        attempts.request.take()
-                    } else {
-                        attempts.request.clone()
+                    // Each attempt sends a copy: the kept request is still needed to judge
+                    // the attempt's result.
+                    let copy = attempts
+                        .request
+                        .as_ref()
+                        .and_then(|request| attempts.policy.replay(request));
+                    let Some(mut request) = copy else {
+                        // `after` retries only a request it could copy before; a policy whose
+                        // copy fails now breaks that, and the call fails rather than hang.
+                        return Poll::Ready(Err("retry could not copy its request".into()));
                     };
-                    let Some(request) = request else {
-                        // Unreachable: `after` retries only while a request is kept.
-                        return Poll::Ready(Err("retry lost its request".into()));
-                    };
+                    attempts.policy.prepare(&mut request, attempts.attempt);
                     let response = attempts.service.call(request);
                     this.state.set(State::Called { response });
                 }
@@ -191,7 +210,7 @@ where
     }
 }
 
-impl<S, Request, C> fmt::Debug for ResponseFuture<S, Request, C>
+impl<S, Request, P> fmt::Debug for ResponseFuture<S, Request, P>
 where
     S: Service<Request>,
 {

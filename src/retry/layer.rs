@@ -40,9 +40,16 @@ impl Shared {
         Rng::new((seeds.next_f64() * (1u64 << 53) as f64) as u64)
     }
 
-    pub(crate) fn retried(&self, attempt: u32, delay: Duration) {
+    pub(crate) fn retried(&self, attempt: u32, delay: Duration, reason: &'static str) {
         self.retries.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(target: "bulwark::retry", name = %self.name, attempt, delay = ?delay, "retrying");
+        tracing::debug!(
+            target: "bulwark::retry",
+            name = %self.name,
+            attempt,
+            delay = ?delay,
+            reason,
+            "retrying"
+        );
     }
 
     pub(crate) fn gave_up(&self, attempts: u32, reason: GaveUp) {
@@ -90,6 +97,47 @@ impl RetryLayer {
             deadline: None,
             budget: Some(RetryBudget::default()),
         }
+    }
+}
+
+#[cfg(feature = "http")]
+impl RetryLayer {
+    /// Starts building a retry layer for HTTP clients, with [`HttpPolicy`](super::HttpPolicy):
+    /// finish with [`build_http`](RetryLayerBuilder::build_http).
+    pub fn http(name: impl Into<Arc<str>>) -> RetryLayerBuilder<super::HttpPolicy> {
+        RetryLayer::builder(name).classifier(super::HttpPolicy::default())
+    }
+}
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+impl RetryLayerBuilder<super::HttpPolicy> {
+    /// Keeps request bodies of up to `limit` bytes for replay (default 64 KiB); see
+    /// [`ReplayBody`](super::ReplayBody).
+    pub fn body_limit(mut self, limit: usize) -> Self {
+        self.classifier = self.classifier.body_limit(limit);
+        self
+    }
+
+    /// The longest `Retry-After` wait honoured (default 30 s); a longer one ends the retries.
+    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
+        self.classifier = self.classifier.retry_after_cap(cap);
+        self
+    }
+
+    /// Sets `name` on retried requests to the attempt number (off by default).
+    pub fn attempt_header(mut self, name: http::HeaderName) -> Self {
+        self.classifier = self.classifier.attempt_header(name);
+        self
+    }
+
+    /// Validates the configuration and creates the HTTP retry layer.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    pub fn build_http(self) -> Result<super::HttpRetryLayer, ConfigError> {
+        self.build().map(super::HttpRetryLayer::new)
     }
 }
 

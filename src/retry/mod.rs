@@ -47,6 +47,45 @@
 //!   the breaker lets a probe through before the wait is over. Retrying into a breaker that
 //!   is still open only spends the budget, so the retry stops at once instead.
 //!
+//! # HTTP
+//!
+//! [`RetryLayer::http`] builds a layer for HTTP clients (feature `http`): it takes
+//! `Request<B>` with any body, whether `Clone` or not, and follows [`HttpPolicy`]: it retries
+//! errors and 408, 429, 502, 503 and 504; honours `Retry-After`; retries POST and PATCH only
+//! with an `Idempotency-Key` or when the request provably never left; and keeps bodies of up
+//! to 64 KiB for replay ([`ReplayBody`]), sending larger or streaming ones once.
+//!
+//! ```
+//! use std::time::Duration;
+//! use bulwark::retry::{Attempts, ReplayBody};
+//! use bulwark::{BoxError, RetryLayer};
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{service_fn, Layer, ServiceExt};
+//! # use bytes::Bytes;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let retry = RetryLayer::http("payments")
+//!     .max_attempts(3)
+//!     .retry_after_cap(Duration::from_secs(10))
+//!     .build_http()?;
+//!
+//! // The inner service (a hyper-util client, say) receives `Request<ReplayBody<B>>`.
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+//! let client = retry.layer(service_fn(move |_req: Request<ReplayBody<Full<Bytes>>>| {
+//!     let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+//!     let status = if first { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+//!     async move { Ok::<_, BoxError>(Response::builder().status(status).body(())?) }
+//! }));
+//!
+//! let response = client.oneshot(Request::get("http://inventory/stock").body(Full::new(Bytes::new()))?).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Readiness
 //!
 //! `poll_ready` is the inner service's. Before every retry, the future polls the readiness of
@@ -54,7 +93,7 @@
 //!
 //! # Requests and cost
 //!
-//! The request must be `Clone`: the layer keeps a copy for retries, made when the call is
+//! With a classifier, the request must be `Clone`: the layer keeps a copy for retries, made when the call is
 //! made (no copy when `max_attempts` is 1), and the inner service is cloned into each call's
 //! future. Both copies are the only work on the success path besides the budget's deposit
 //! (one clock read and one atomic add), so keep requests cheap to clone (`Bytes`, `Arc`).
@@ -71,8 +110,9 @@
 //!
 //! # Events
 //!
-//! A `debug` event with target `bulwark::retry` for every retry (`name`, `attempt`, `delay`)
-//! and for every call given up on (`name`, `attempts`, `reason`).
+//! A `debug` event with target `bulwark::retry` for every retry (`name`, `attempt`, `delay`,
+//! `reason`: `error`, `response` or `retry-after`) and for every call given up on (`name`,
+//! `attempts`, `reason`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -80,35 +120,50 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::classify::{Classify, DefaultClassifier};
+use crate::classify::DefaultClassifier;
 use crate::BoxError;
 
 mod backoff;
 mod budget;
 pub mod error;
 pub mod future;
+#[cfg(feature = "http")]
+mod http;
 mod layer;
+mod policy;
 
 pub use self::backoff::Jitter;
+pub use self::policy::{RetryPolicy, Verdict};
+
 pub use self::budget::RetryBudget;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use self::http::{
+    parse_retry_after, Attempts, HttpPolicy, HttpRetry, HttpRetryLayer, ReplayBody, IDEMPOTENCY_KEY,
+};
 pub use self::layer::{RetryHandle, RetryLayer, RetryLayerBuilder};
 
 use self::layer::Shared;
 
 /// Retries failed calls to the inner service; see the [module docs](self).
-pub struct Retry<S, C = DefaultClassifier> {
+pub struct Retry<S, P = DefaultClassifier> {
     inner: S,
     shared: Arc<Shared>,
-    classifier: C,
+    policy: P,
 }
 
-impl<S, C> Retry<S, C> {
-    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
+impl<S, P> Retry<S, P> {
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, policy: P) -> Self {
         Retry {
             inner,
             shared,
-            classifier,
+            policy,
         }
+    }
+
+    /// The layer's retry policy (its classifier, for a classifier policy).
+    pub fn policy(&self) -> &P {
+        &self.policy
     }
 
     /// A handle to the layer's counters and budget.
@@ -134,11 +189,7 @@ impl<S, C> Retry<S, C> {
 
 impl<S: Clone, C: Clone> Clone for Retry<S, C> {
     fn clone(&self) -> Self {
-        Retry::from_parts(
-            self.inner.clone(),
-            self.shared.clone(),
-            self.classifier.clone(),
-        )
+        Retry::from_parts(self.inner.clone(), self.shared.clone(), self.policy.clone())
     }
 }
 
@@ -152,16 +203,15 @@ impl<S: fmt::Debug, C> fmt::Debug for Retry<S, C> {
     }
 }
 
-impl<S, C, Request> Service<Request> for Retry<S, C>
+impl<S, P, Request> Service<Request> for Retry<S, P>
 where
     S: Service<Request> + Clone,
     S::Error: Into<BoxError>,
-    Request: Clone,
-    C: Classify<S::Response, BoxError> + Clone,
+    P: RetryPolicy<Request, S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = future::ResponseFuture<S, Request, C>;
+    type Future = future::ResponseFuture<S, Request, P>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -169,7 +219,11 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         self.shared.deposit();
-        let copy = (self.shared.max_attempts > 1).then(|| request.clone());
+        let copy = if self.shared.max_attempts > 1 {
+            self.policy.replay(&request)
+        } else {
+            None
+        };
         // The readied instance makes the first attempt; a clone makes the retries, each after
         // its own `poll_ready`.
         let service = self.inner.clone();
@@ -178,7 +232,7 @@ where
             response,
             service,
             copy,
-            self.classifier.clone(),
+            self.policy.clone(),
             self.shared.clone(),
         )
     }

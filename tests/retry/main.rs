@@ -3,6 +3,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod http;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -183,6 +185,16 @@ async fn the_budget_limits_retries_across_clones() {
     );
     assert_eq!(handle.retries(), 1);
     assert_eq!(handle.budget_available(), Some(0.0));
+
+    // The window slides on: a second later the floor is back, and a retry with it.
+    time::advance(Duration::from_secs(1)).await;
+    let err = svc.clone().oneshot(1).await.unwrap_err();
+    let exhausted = err.downcast_ref::<RetriesExhausted>().unwrap();
+    assert_eq!(
+        (exhausted.attempts(), exhausted.reason()),
+        (2, GaveUp::Budget)
+    );
+    assert_eq!(handle.retries(), 2);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
