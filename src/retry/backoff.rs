@@ -16,8 +16,10 @@ pub enum Jitter {
     Full,
     /// Uniform in `[exp / 2, exp]`: spread, and never shorter than half.
     Equal,
-    /// Uniform in `[base, min(max, 3 * previous wait)]` ("decorrelated jitter"): grows like
-    /// `exp` on average, never below `base` and never above `max`. The default.
+    /// Uniform in `[base, min(max, 3 * previous wait)]`, with the first wait taken as `base`
+    /// ("decorrelated jitter", from AWS's architecture blog): grows about threefold per retry
+    /// on average, whatever the `factor`, never below `base` and never above `max`. The
+    /// default.
     #[default]
     Decorrelated,
 }
@@ -44,7 +46,9 @@ impl Backoff {
             Jitter::Full => exp * random,
             Jitter::Equal => exp / 2.0 + exp / 2.0 * random,
             Jitter::Decorrelated => {
-                let upper = (previous.as_secs_f64() * 3.0).clamp(base, max);
+                // Before the first retry the previous wait counts as `base`, so even the
+                // first retry is spread over [base, 3 * base].
+                let upper = (previous.as_secs_f64().max(base) * 3.0).clamp(base, max);
                 base + (upper - base) * random
             }
         };
@@ -107,9 +111,14 @@ mod tests {
         assert_eq!(b.delay(2, Duration::ZERO, 0.5), Duration::from_secs(3));
         let b = backoff(Jitter::Decorrelated);
         assert_eq!(
-            b.delay(1, Duration::ZERO, 0.9),
+            b.delay(1, Duration::ZERO, 0.0),
             Duration::from_secs(2),
-            "first: base"
+            "first: from base"
+        );
+        assert_eq!(
+            b.delay(1, Duration::ZERO, 0.5),
+            Duration::from_secs(4),
+            "to 3 * base"
         );
         assert_eq!(
             b.delay(2, Duration::from_secs(2), 0.5),
@@ -150,8 +159,16 @@ mod tests {
                 max: Duration::from_millis(base_ms + extra_ms),
                 jitter,
             };
-            let d = b.delay(retry, Duration::from_millis(previous_ms), random);
+                        let d = b.delay(retry, Duration::from_millis(previous_ms), random);
             prop_assert!(d <= b.max);
+            let exp = (b.base.as_secs_f64() * factor.powi(retry.saturating_sub(1).min(1_000) as i32))
+                .min(b.max.as_secs_f64());
+            if matches!(jitter, Jitter::None | Jitter::Full | Jitter::Equal) {
+                prop_assert!(d.as_secs_f64() <= exp * 1.000_001 + 1e-9, "{:?} above {}", d, exp);
+            }
+            if jitter == Jitter::None {
+                prop_assert!((d.as_secs_f64() - exp).abs() <= exp * 1e-6 + 1e-9, "exactly exp");
+            }
             match jitter {
                 Jitter::None | Jitter::Decorrelated => {
                     prop_assert!(d.as_secs_f64() >= b.base.as_secs_f64() * 0.999_999)

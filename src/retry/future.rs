@@ -26,35 +26,47 @@ pin_project! {
         S: Service<Request>,
     {
         #[pin]
-        state: State<S::Future>,
+        state: State<S::Future, S::Response>,
         attempts: Attempts<S, Request, P>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<F, T> {
         Called {
             #[pin]
             response: F,
         },
+        // The backoff before the next attempt. `last` is the failed result, returned if no
+        // further attempt can be made after all.
         Waiting {
             #[pin]
             sleep: Sleep,
+            last: Option<Result<T, BoxError>>,
         },
-        Readying,
+        // Waiting for the inner service to be ready for the next attempt, no later than the
+        // deadline (if one is set).
+        Readying {
+            #[pin]
+            deadline: Option<Sleep>,
+            last: Option<Result<T, BoxError>>,
+        },
     }
 }
 
 /// What the future keeps between attempts.
 struct Attempts<S, Request, P> {
-    service: S,
+    /// The instance that makes the retries: `None` when the request cannot be sent again.
+    service: Option<S>,
     request: Option<Request>,
     policy: P,
     shared: Arc<Shared>,
     attempt: u32,
     started: Option<Instant>,
     last_delay: Duration,
+    /// The wait and the reason of the retry under way, reported when it is made.
+    next: (Duration, &'static str),
     rng: Option<Rng>,
 }
 
@@ -71,7 +83,7 @@ where
 {
     pub(crate) fn new(
         response: S::Future,
-        service: S,
+        service: Option<S>,
         request: Option<Request>,
         policy: P,
         shared: Arc<Shared>,
@@ -87,6 +99,7 @@ where
                 attempt: 1,
                 started,
                 last_delay: Duration::ZERO,
+                next: (Duration::ZERO, ""),
                 rng: None,
             },
         }
@@ -101,7 +114,7 @@ impl<S, Request, P> Attempts<S, Request, P> {
         let shared = &self.shared;
         // With retries off (one attempt), or a request that cannot be sent again, results
         // pass through unchanged.
-        let Some(request) = self.request.as_ref() else {
+        let (Some(request), Some(_)) = (self.request.as_ref(), self.service.as_ref()) else {
             return Next::Done;
         };
         let hint = match self.policy.verdict(request, result) {
@@ -126,10 +139,8 @@ impl<S, Request, P> Attempts<S, Request, P> {
                 }
             }
         }
-        if let (Some(deadline), Some(started)) = (shared.deadline, self.started) {
-            if started.elapsed() + delay > deadline {
-                return Next::GiveUp(GaveUp::Deadline);
-            }
+        if self.past_deadline(delay) {
+            return Next::GiveUp(GaveUp::Deadline);
         }
         if let Some(budget) = &shared.budget {
             if !budget.try_withdraw(Instant::now()) {
@@ -137,13 +148,43 @@ impl<S, Request, P> Attempts<S, Request, P> {
             }
         }
         self.last_delay = backoff;
-        let reason = match (result.is_err(), hint.is_some()) {
-            (_, true) => "retry-after",
-            (true, false) => "error",
-            (false, false) => "response",
-        };
-        shared.retried(self.attempt + 1, delay, reason);
+        self.next = (
+            delay,
+            match (result.is_err(), hint.is_some()) {
+                (_, true) => "retry-after",
+                (true, false) => "error",
+                (false, false) => "response",
+            },
+        );
         Next::Wait(delay)
+    }
+
+    /// Whether an attempt starting `from_now` would start after the deadline.
+    fn past_deadline(&self, from_now: Duration) -> bool {
+        match (self.shared.deadline, self.started) {
+            (Some(deadline), Some(started)) => {
+                started.elapsed().saturating_add(from_now) > deadline
+            }
+            _ => false,
+        }
+    }
+
+    /// A timer for the deadline, to stop waiting for readiness when it passes.
+    fn deadline_timer(&self) -> Option<Sleep> {
+        let at = self.started?.checked_add(self.shared.deadline?)?;
+        Some(tokio::time::sleep_until(at))
+    }
+
+    /// Returns `result` as the final one: counted, finished by the policy, an error wrapped in
+    /// [`RetriesExhausted`].
+    fn give_up<T>(&self, mut result: Result<T, BoxError>, reason: GaveUp) -> Result<T, BoxError>
+    where
+        P: RetryPolicy<Request, T>,
+    {
+        let attempts = self.attempt;
+        self.shared.gave_up(attempts, reason);
+        self.policy.finish(&mut result, attempts);
+        result.map_err(|last| Box::new(RetriesExhausted::new(attempts, reason, last)) as BoxError)
     }
 }
 
@@ -161,35 +202,58 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { response } => {
                     let mut result = ready!(response.poll(cx)).map_err(Into::into);
-                    let attempts = this.attempts.attempt;
                     match this.attempts.after(&result) {
                         Next::Done => {
-                            this.attempts.policy.finish(&mut result, attempts);
+                            this.attempts
+                                .policy
+                                .finish(&mut result, this.attempts.attempt);
                             return Poll::Ready(result);
                         }
                         Next::GiveUp(reason) => {
-                            this.attempts.shared.gave_up(attempts, reason);
-                            this.attempts.policy.finish(&mut result, attempts);
-                            return Poll::Ready(result.map_err(|last| {
-                                Box::new(RetriesExhausted::new(attempts, reason, last)) as BoxError
-                            }));
+                            return Poll::Ready(this.attempts.give_up(result, reason));
                         }
                         Next::Wait(delay) => this.state.set(State::Waiting {
                             sleep: tokio::time::sleep(delay),
+                            last: Some(result),
                         }),
                     }
                 }
-                StateProj::Waiting { sleep } => {
+                StateProj::Waiting { sleep, last } => {
                     ready!(sleep.poll(cx));
-                    this.state.set(State::Readying);
+                    let last = last.take();
+                    let deadline = this.attempts.deadline_timer();
+                    this.state.set(State::Readying { deadline, last });
                 }
-                StateProj::Readying => {
+                StateProj::Readying { deadline, last } => {
                     let attempts = &mut *this.attempts;
-                    // Readiness is polled before every attempt, on the instance that makes it.
-                    if let Err(err) = ready!(attempts.service.poll_ready(cx)) {
-                        return Poll::Ready(Err(err.into()));
+                    let Some(service) = attempts.service.as_mut() else {
+                        // `after` retries only with a service to retry on.
+                        return Poll::Ready(Err("retry lost its service".into()));
+                    };
+                    // Readiness is polled before every attempt, on the instance that makes it,
+                    // and waited for no later than the deadline.
+                    let ready = service.poll_ready(cx);
+                    match ready {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(err)) => return Poll::Ready(Err(err.into())),
+                        Poll::Pending => {
+                            if let Some(deadline) = deadline.as_pin_mut() {
+                                if deadline.poll(cx).is_ready() {
+                                    let last = last
+                                        .take()
+                                        .unwrap_or_else(|| Err("retry deadline passed".into()));
+                                    return Poll::Ready(attempts.give_up(last, GaveUp::Deadline));
+                                }
+                            }
+                            return Poll::Pending;
+                        }
                     }
-                    attempts.attempt += 1;
+                    if attempts.past_deadline(Duration::ZERO) {
+                        let last = last
+                            .take()
+                            .unwrap_or_else(|| Err("retry deadline passed".into()));
+                        return Poll::Ready(attempts.give_up(last, GaveUp::Deadline));
+                    }
                     // Each attempt sends a copy: the kept request is still needed to judge
                     // the attempt's result.
                     let copy = attempts
@@ -201,8 +265,14 @@ where
                         // copy fails now breaks that, and the call fails rather than hang.
                         return Poll::Ready(Err("retry could not copy its request".into()));
                     };
+                    attempts.attempt += 1;
                     attempts.policy.prepare(&mut request, attempts.attempt);
-                    let response = attempts.service.call(request);
+                    let (delay, reason) = attempts.next;
+                    attempts.shared.retried(attempts.attempt, delay, reason);
+                    let Some(service) = attempts.service.as_mut() else {
+                        return Poll::Ready(Err("retry lost its service".into()));
+                    };
+                    let response = service.call(request);
                     this.state.set(State::Called { response });
                 }
             }

@@ -90,6 +90,10 @@ impl HttpPolicy {
     pub(crate) fn limit(&self) -> usize {
         self.body_limit
     }
+
+    pub(crate) fn cap(&self) -> Duration {
+        self.retry_after_cap
+    }
 }
 
 /// Whether `request` may be sent twice without harm.
@@ -262,8 +266,16 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let limit = self.retry.policy().limit();
-        self.retry
-            .call(request.map(|body| ReplayBody::new(body, limit)))
+        let request = request.map(|body| ReplayBody::new(body, limit));
+        if !request.body().is_replayable() {
+            tracing::debug!(
+                target: "bulwark::retry",
+                name = %self.retry.name(),
+                limit,
+                "request body not replayable (over the limit, or streaming); sent once"
+            );
+        }
+        self.retry.call(request)
     }
 }
 
@@ -317,6 +329,11 @@ impl fmt::Debug for HttpRetryLayer {
 /// followed by the rest of the body: never truncated, never reordered. So a request built
 /// from bytes (`Full`, a JSON body, a unary gRPC message) is replayable, and a live stream
 /// goes through untouched after its first ready frames.
+///
+/// The body must be `Unpin` (`Full`, `Empty`, hyper's `Incoming`, axum's and tonic's bodies
+/// are); wrap another in `Box::pin(body)`. Frames are read with a no-op waker, so a body fed
+/// by a channel that is full at call time may still come out as streaming if tokio's
+/// cooperative budget of the calling task is spent: then it is sent once.
 pub struct ReplayBody<B> {
     state: State<B>,
 }
@@ -385,10 +402,7 @@ where
                     return passing(read, None, Some(err.into()));
                 }
                 Poll::Pending => {
-                    let mut read: VecDeque<_> = chunks.into_iter().map(Frame::data).collect();
-                    if let Some(t) = trailers {
-                        read.push_back(Frame::trailers(t));
-                    }
+                    let read = chunks.into_iter().map(Frame::data).collect();
                     return passing(read, Some(body), None);
                 }
             }
@@ -521,8 +535,22 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.state {
             State::Kept {
-                data, data_sent, ..
-            } => SizeHint::with_exact(if *data_sent { 0 } else { data.len() as u64 }),
+                data,
+                data_sent,
+                trailers,
+                trailers_sent,
+            } => {
+                let len = if *data_sent { 0 } else { data.len() as u64 };
+                if trailers.is_some() && !*trailers_sent {
+                    // Trailers need a chunked request on HTTP/1: an exact size would make
+                    // hyper send a `Content-Length` and drop them.
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(len);
+                    hint
+                } else {
+                    SizeHint::with_exact(len)
+                }
+            }
             State::Passing { read, rest, .. } => {
                 let buffered: u64 = read
                     .iter()
@@ -636,6 +664,92 @@ mod tests {
         assert!(!never_sent(&*reset));
         let full: BoxError = Box::new(BulkheadFull::new("b", 1));
         assert!(never_sent(&*full));
+    }
+
+    /// One scripted poll of a body.
+    type Step = Poll<Option<Result<Frame<Bytes>, std::io::Error>>>;
+
+    /// A body of scripted polls.
+    struct Script(VecDeque<Step>);
+
+    impl Body for Script {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Step {
+            self.0.pop_front().unwrap_or(Poll::Ready(None))
+        }
+    }
+
+    fn data(s: &'static str) -> Step {
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(s.as_bytes())))))
+    }
+
+    fn drain(body: &mut ReplayBody<Script>) -> Vec<Result<Bytes, String>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(frame)) = Pin::new(&mut *body).poll_frame(&mut cx) {
+            out.push(
+                frame
+                    .map(|f| f.into_data().unwrap_or_default())
+                    .map_err(|e| e.to_string()),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn an_error_while_reading_comes_after_the_frames_read_before_it() {
+        let err = Poll::Ready(Some(Err(std::io::Error::other("reset"))));
+        let mut body = ReplayBody::new(Script(VecDeque::from([data("ab"), err])), 1024);
+        assert!(!body.is_replayable());
+        assert_eq!(
+            drain(&mut body),
+            [Ok(Bytes::from("ab")), Err("reset".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_pending_frame_makes_the_body_pass_once_in_order() {
+        let script = VecDeque::from([data("a"), Poll::Pending, data("b"), data("c")]);
+        let mut body = ReplayBody::new(Script(script), 1024);
+        assert!(!body.is_replayable() && body.try_clone().is_none());
+        let out: Vec<_> = drain(&mut body).into_iter().map(Result::unwrap).collect();
+        assert_eq!(out, [Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]);
+        assert!(body.is_end_stream());
+    }
+
+    #[test]
+    fn a_kept_body_reports_its_size_and_its_end() {
+        let mut body = ReplayBody::new(Script(VecDeque::from([data("abc"), data("de")])), 1024);
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        let out: Vec<_> = drain(&mut body).into_iter().map(Result::unwrap).collect();
+        assert_eq!(out, [Bytes::from("abcde")]);
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+    }
+
+    #[test]
+    fn a_kept_body_with_trailers_has_no_exact_size() {
+        let trailers = Poll::Ready(Some(Ok(Frame::trailers(HeaderMap::new()))));
+        let body = ReplayBody::new(Script(VecDeque::from([data("abc"), trailers])), 1024);
+        assert!(body.is_replayable());
+        assert_eq!(
+            body.size_hint().exact(),
+            None,
+            "so HTTP/1 sends it chunked, with trailers"
+        );
+        assert_eq!(body.size_hint().lower(), 3);
+    }
+
+    #[test]
+    fn crossing_the_limit_passes_the_whole_body_once() {
+        let script = VecDeque::from([data("abc"), data("def"), data("g")]);
+        let mut body = ReplayBody::new(Script(script), 4);
+        assert!(!body.is_replayable());
+        let out: Vec<_> = drain(&mut body).into_iter().map(Result::unwrap).collect();
+        assert_eq!(out.concat(), b"abcdefg");
     }
 
     proptest! {

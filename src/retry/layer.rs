@@ -135,8 +135,15 @@ impl RetryLayerBuilder<super::HttpPolicy> {
     ///
     /// # Errors
     ///
-    /// As [`build`](Self::build).
+    /// As [`build`](Self::build), and a `retry_after_cap` above a day.
     pub fn build_http(self) -> Result<super::HttpRetryLayer, ConfigError> {
+        if self.classifier.cap() > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::new(
+                COMPONENT,
+                "retry_after_cap",
+                "must be at most a day",
+            ));
+        }
         self.build().map(super::HttpRetryLayer::new)
     }
 }

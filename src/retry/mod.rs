@@ -161,6 +161,11 @@ impl<S, P> Retry<S, P> {
         }
     }
 
+    #[cfg(feature = "http")]
+    pub(crate) fn name(&self) -> &str {
+        &self.shared.name
+    }
+
     /// The layer's retry policy (its classifier, for a classifier policy).
     pub fn policy(&self) -> &P {
         &self.policy
@@ -225,8 +230,8 @@ where
             None
         };
         // The readied instance makes the first attempt; a clone makes the retries, each after
-        // its own `poll_ready`.
-        let service = self.inner.clone();
+        // its own `poll_ready` (no clone when the request cannot be sent again).
+        let service = copy.as_ref().map(|_| self.inner.clone());
         let response = self.inner.call(request);
         future::ResponseFuture::new(
             response,

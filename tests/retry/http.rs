@@ -311,7 +311,7 @@ async fn a_500_is_not_retried() {
     assert_eq!(script.seen().len(), 1);
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_post_to_a_refused_connection_is_retried_since_it_never_left() {
     // A port nothing listens on: bind, note it, close.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -467,4 +467,13 @@ async fn a_ready_stream_over_the_limit_goes_once_and_whole() {
     let seen = script.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body, Bytes::from(sent), "every byte, in order");
+}
+
+#[test]
+fn a_retry_after_cap_above_a_day_is_a_config_error() {
+    let err = RetryLayer::http("x")
+        .retry_after_cap(Duration::from_secs(2 * 24 * 3600))
+        .build_http()
+        .unwrap_err();
+    assert_eq!(err.field(), "retry_after_cap");
 }

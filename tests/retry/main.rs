@@ -325,6 +325,8 @@ async fn the_same_seed_gives_the_same_waits() {
     let (a, b) = (run().await, run().await);
     assert_eq!(a, b);
     assert_eq!(a.len(), 4);
+    let unjittered = [Duration::ZERO, 100 * MS, 300 * MS, 700 * MS];
+    assert_ne!(a, unjittered, "the waits were jittered");
     // Full jitter: each wait within [0, 100 ms * 2^n].
     for (i, pair) in a.windows(2).enumerate() {
         assert!(pair[1] - pair[0] <= 100 * MS * 2u32.pow(i as u32));
@@ -384,11 +386,9 @@ async fn readiness_is_polled_before_every_attempt_on_the_instance_that_makes_it(
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn dropping_the_future_during_the_backoff_makes_no_further_attempt() {
     let flaky = Flaky::new(u32::MAX);
-    let svc = exact()
-        .max_attempts(3)
-        .build()
-        .unwrap()
-        .layer(flaky.service());
+    let layer = exact().max_attempts(3).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(flaky.service());
     let mut fut = Box::pin(svc.oneshot(1));
     let waker = futures_noop_waker();
     let mut cx = Context::from_waker(&waker);
@@ -396,6 +396,11 @@ async fn dropping_the_future_during_the_backoff_makes_no_further_attempt() {
     drop(fut);
     time::advance(Duration::from_secs(5)).await;
     assert_eq!(flaky.calls(), 1);
+    assert_eq!(
+        handle.retries(),
+        0,
+        "a retry is counted when it is made, not when planned"
+    );
 }
 
 fn futures_noop_waker() -> std::task::Waker {
@@ -441,4 +446,65 @@ fn invalid_configuration_is_a_typed_error_naming_the_field() {
         e.to_string(),
         "invalid retry config: `max_attempts` must be at least 1 (the first attempt)"
     );
+}
+
+/// A service that answers its first call with an error, and whose clones are never ready.
+#[derive(Default)]
+struct StuckAfterFirst {
+    clone: bool,
+}
+
+impl Clone for StuckAfterFirst {
+    fn clone(&self) -> Self {
+        StuckAfterFirst { clone: true }
+    }
+}
+
+impl Service<()> for StuckAfterFirst {
+    type Response = ();
+    type Error = DownstreamError;
+    type Future = std::future::Ready<Result<(), DownstreamError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DownstreamError>> {
+        if self.clone {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        std::future::ready(Err(DownstreamError("first")))
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_deadline_also_bounds_the_wait_for_readiness() {
+    let layer = exact()
+        .max_attempts(3)
+        .deadline(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let started = Instant::now();
+    let err = layer
+        .layer(StuckAfterFirst::default())
+        .oneshot(())
+        .await
+        .unwrap_err();
+    let exhausted = err.downcast_ref::<RetriesExhausted>().expect("gave up");
+    assert_eq!(
+        (exhausted.attempts(), exhausted.reason()),
+        (1, GaveUp::Deadline)
+    );
+    assert_eq!(
+        error::find::<DownstreamError>(&*err),
+        Some(&DownstreamError("first"))
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(1),
+        "at the deadline, not later"
+    );
+    assert_eq!(handle.retries(), 0);
 }
