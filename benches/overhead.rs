@@ -291,6 +291,25 @@ impl<E> tower::retry::Policy<u64, u64, E> for NeverRetry {
     }
 }
 
+/// tower's `Retry` with a policy that deposits every call into tower's own `TpsBudget` and
+/// never retries: the fair comparison for bulwark's default, which keeps a budget too.
+#[derive(Clone)]
+struct NeverRetryWithBudget(std::sync::Arc<tower::retry::budget::TpsBudget>);
+
+impl<E> tower::retry::Policy<u64, u64, E> for NeverRetryWithBudget {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, _: &mut Result<u64, E>) -> Option<Self::Future> {
+        use tower::retry::budget::Budget;
+        self.0.deposit();
+        None
+    }
+
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+}
+
 fn retry(c: &mut Criterion) {
     let bulwark = || {
         bulwark::RetryLayer::builder("bench")
@@ -304,9 +323,15 @@ fn retry(c: &mut Criterion) {
             .expect("a valid retry layer")
     };
     let tower = || tower::retry::RetryLayer::new(NeverRetry);
+    let tower_budget = || {
+        tower::retry::RetryLayer::new(NeverRetryWithBudget(std::sync::Arc::new(
+            tower::retry::budget::TpsBudget::new(Duration::from_secs(10), 10, 0.2),
+        )))
+    };
     for mode in [Mode::Ready, Mode::PendingOnce] {
         bench_sequential(c, "retry", "baseline", mode, inner(mode));
         bench_sequential(c, "retry", "tower", mode, tower().layer(inner(mode)));
+        bench_sequential(c, "retry", "tower_budget", mode, tower_budget().layer(inner(mode)));
         bench_sequential(c, "retry", "bulwark", mode, bulwark().layer(inner(mode)));
         bench_sequential(
             c,
@@ -319,6 +344,7 @@ fn retry(c: &mut Criterion) {
     let mode = Mode::PendingOnce;
     bench_contended(c, "retry", "baseline", inner(mode));
     bench_contended(c, "retry", "tower", tower().layer(inner(mode)));
+    bench_contended(c, "retry", "tower_budget", tower_budget().layer(inner(mode)));
     bench_contended(c, "retry", "bulwark", bulwark().layer(inner(mode)));
     bench_contended(
         c,
