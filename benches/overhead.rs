@@ -331,7 +331,13 @@ fn retry(c: &mut Criterion) {
     for mode in [Mode::Ready, Mode::PendingOnce] {
         bench_sequential(c, "retry", "baseline", mode, inner(mode));
         bench_sequential(c, "retry", "tower", mode, tower().layer(inner(mode)));
-        bench_sequential(c, "retry", "tower_budget", mode, tower_budget().layer(inner(mode)));
+        bench_sequential(
+            c,
+            "retry",
+            "tower_budget",
+            mode,
+            tower_budget().layer(inner(mode)),
+        );
         bench_sequential(c, "retry", "bulwark", mode, bulwark().layer(inner(mode)));
         bench_sequential(
             c,
@@ -344,7 +350,12 @@ fn retry(c: &mut Criterion) {
     let mode = Mode::PendingOnce;
     bench_contended(c, "retry", "baseline", inner(mode));
     bench_contended(c, "retry", "tower", tower().layer(inner(mode)));
-    bench_contended(c, "retry", "tower_budget", tower_budget().layer(inner(mode)));
+    bench_contended(
+        c,
+        "retry",
+        "tower_budget",
+        tower_budget().layer(inner(mode)),
+    );
     bench_contended(c, "retry", "bulwark", bulwark().layer(inner(mode)));
     bench_contended(
         c,
