@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bulwark::{BulkheadLayer, CircuitBreakerLayer, RetryLayer, TimeoutLayer};
+use tower::util::ServiceFn;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 struct Counting;
@@ -58,12 +59,11 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Runs `calls` on a fresh current-thread runtime and returns the allocations made by the
-/// counted part, per call.
-fn allocations_per_call<S, F>(mut svc: S, calls: usize, mut request: impl FnMut() -> u64) -> f64
+/// Runs `calls` calls (requests 1, 2, 3, ...) on a fresh current-thread runtime and returns the
+/// allocations made by the counted part, per call.
+fn allocations_per_call<S>(mut svc: S, calls: u64) -> f64
 where
-    S: Service<u64, Future = F>,
-    F: Future<Output = Result<u64, S::Error>>,
+    S: Service<u64, Response = u64>,
     S::Error: std::fmt::Debug,
 {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -71,13 +71,12 @@ where
         .build()
         .unwrap();
     rt.block_on(async {
-        for _ in 0..100 {
-            svc.ready().await.unwrap().call(request()).await.unwrap();
+        for i in 0..100 {
+            svc.ready().await.unwrap().call(i).await.unwrap();
         }
         ALLOCATIONS.with(|n| n.set(0));
         COUNTING.with(|c| c.set(true));
-        for _ in 0..calls {
-            let req = request();
+        for req in 1..=calls {
             let res = svc.ready().await.unwrap().call(req).await.unwrap();
             assert_eq!(res, req);
         }
@@ -103,109 +102,70 @@ impl Future for PendingOnce {
     }
 }
 
-fn ready_inner() -> impl Service<
-    u64,
-    Response = u64,
-    Error = Infallible,
-    Future = impl Future<Output = Result<u64, Infallible>>,
-> + Clone {
-    service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)))
+type ReadyInner = ServiceFn<fn(u64) -> std::future::Ready<Result<u64, Infallible>>>;
+type PendingInner = ServiceFn<fn(u64) -> PendingOnce>;
+
+fn ready_inner() -> ReadyInner {
+    service_fn(|x| std::future::ready(Ok(x)))
 }
 
-fn pending_once_inner(
-) -> impl Service<u64, Response = u64, Error = Infallible, Future = PendingOnce> + Clone {
-    service_fn(|x: u64| PendingOnce(Some(x), false))
+fn pending_once_inner() -> PendingInner {
+    service_fn(|x| PendingOnce(Some(x), false))
+}
+
+/// Asserts that `layer`'s success path allocates nothing, around an inner future that is ready
+/// at once and around one that is pending once (so timers arm and wakers register).
+fn assert_allocates_nothing<L>(layer: &L)
+where
+    L: Layer<ReadyInner> + Layer<PendingInner>,
+    <L as Layer<ReadyInner>>::Service: Service<u64, Response = u64>,
+    <<L as Layer<ReadyInner>>::Service as Service<u64>>::Error: std::fmt::Debug,
+    <L as Layer<PendingInner>>::Service: Service<u64, Response = u64>,
+    <<L as Layer<PendingInner>>::Service as Service<u64>>::Error: std::fmt::Debug,
+{
+    assert_eq!(
+        allocations_per_call(layer.layer(ready_inner()), 1_000),
+        0.0,
+        "ready at once"
+    );
+    assert_eq!(
+        allocations_per_call(layer.layer(pending_once_inner()), 1_000),
+        0.0,
+        "pending once"
+    );
 }
 
 #[test]
 fn the_baseline_allocates_nothing() {
     // If this fails, the harness itself allocates and the other results mean nothing.
-    let mut n = 0;
-    assert_eq!(
-        allocations_per_call(ready_inner(), 1_000, || {
-            n += 1;
-            n
-        }),
-        0.0
-    );
-    let mut n = 0;
-    assert_eq!(
-        allocations_per_call(pending_once_inner(), 1_000, || {
-            n += 1;
-            n
-        }),
-        0.0
-    );
+    assert_eq!(allocations_per_call(ready_inner(), 1_000), 0.0);
+    assert_eq!(allocations_per_call(pending_once_inner(), 1_000), 0.0);
 }
 
 #[test]
 fn the_counter_sees_an_allocation_per_call() {
     // A service that boxes its future must show up, or the counter is not counting.
     let boxing = service_fn(|x: u64| Box::pin(std::future::ready(Ok::<_, Infallible>(x))));
-    let mut n = 0;
-    assert_eq!(
-        allocations_per_call(boxing, 1_000, || {
-            n += 1;
-            n
-        }),
-        1.0
-    );
+    assert_eq!(allocations_per_call(boxing, 1_000), 1.0);
 }
 
 #[test]
 fn timeout_success_path_allocates_nothing() {
-    let layer = TimeoutLayer::new(Duration::from_secs(5));
-    let mut n = 0;
-    assert_eq!(
-        allocations_per_call(layer.layer(ready_inner()), 1_000, || {
-            n += 1;
-            n
-        }),
-        0.0
-    );
-    let mut n = 0;
-    assert_eq!(
-        allocations_per_call(layer.layer(pending_once_inner()), 1_000, || {
-            n += 1;
-            n
-        }),
-        0.0,
-        "with the timer armed"
-    );
+    assert_allocates_nothing(&TimeoutLayer::new(Duration::from_secs(5)));
 }
 
 #[test]
 fn bulkhead_admit_path_allocates_nothing() {
     // Both kinds of slots: the lock-free counter (no max_wait) and the fair semaphore.
     for max_wait in [Duration::ZERO, Duration::from_millis(10)] {
-        bulkhead_admit_path_allocates_nothing_with(max_wait);
+        let layer = BulkheadLayer::builder("alloc")
+            .max_concurrent(8)
+            .max_wait(max_wait)
+            .build()
+            .unwrap();
+        assert_allocates_nothing(&layer);
+        assert_eq!(layer.handle().peak_in_flight(), 1);
     }
-}
-
-fn bulkhead_admit_path_allocates_nothing_with(max_wait: Duration) {
-    let layer = BulkheadLayer::builder("alloc")
-        .max_concurrent(8)
-        .max_wait(max_wait)
-        .build()
-        .unwrap();
-    let mut n = 0;
-    assert_eq!(
-        allocations_per_call(layer.layer(ready_inner()), 1_000, || {
-            n += 1;
-            n
-        }),
-        0.0
-    );
-    let mut n = 0;
-    assert_eq!(
-        allocations_per_call(layer.layer(pending_once_inner()), 1_000, || {
-            n += 1;
-            n
-        }),
-        0.0,
-        "with the inner future pending once"
-    );
-    assert_eq!(layer.handle().peak_in_flight(), 1);
 }
 
 #[test]
@@ -222,23 +182,7 @@ fn circuit_breaker_closed_success_path_allocates_nothing() {
             .unwrap(),
     ];
     for layer in layers {
-        let mut n = 0;
-        assert_eq!(
-            allocations_per_call(layer.layer(ready_inner()), 1_000, || {
-                n += 1;
-                n
-            }),
-            0.0
-        );
-        let mut n = 0;
-        assert_eq!(
-            allocations_per_call(layer.layer(pending_once_inner()), 1_000, || {
-                n += 1;
-                n
-            }),
-            0.0,
-            "with the inner future pending once"
-        );
+        assert_allocates_nothing(&layer);
         assert_eq!(layer.handle().counters().calls, 2 * 1_100);
     }
 }
@@ -250,22 +194,6 @@ fn retry_success_path_allocates_nothing() {
         .deadline(Duration::from_secs(5))
         .build()
         .unwrap();
-    let mut n = 0;
-    assert_eq!(
-        allocations_per_call(layer.layer(ready_inner()), 1_000, || {
-            n += 1;
-            n
-        }),
-        0.0
-    );
-    let mut n = 0;
-    assert_eq!(
-        allocations_per_call(layer.layer(pending_once_inner()), 1_000, || {
-            n += 1;
-            n
-        }),
-        0.0,
-        "with the inner future pending once"
-    );
+    assert_allocates_nothing(&layer);
     assert_eq!(layer.handle().retries(), 0);
 }
