@@ -67,7 +67,9 @@
 //! # Feature flags
 //!
 //! - `http` (default): the HTTP and gRPC classifiers in [`classify`], and HTTP retry
-//!   ([`RetryLayer::http`]: replayable bodies, `Retry-After`, idempotency rules).
+//!   ([`RetryLayer::http`]: replayable bodies, `Retry-After`, idempotency rules), and
+//!   [`response::error_response`], which turns any bulwark error into a 502/503/504 with a
+//!   problem+json body.
 //!
 //! # Minimum supported Rust version
 //!
@@ -83,6 +85,9 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod error;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod response;
 pub mod retry;
 pub mod timeout;
 mod window;

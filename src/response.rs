@@ -1,0 +1,263 @@
+//! Turn any bulwark error into the HTTP response a caller should see (feature `http`).
+//!
+//! [`error_response`] maps an error from a bulwark stack to a status, a `Retry-After` when one
+//! is known, and an `application/problem+json` body (RFC 9457) naming the stack and the
+//! reason. Use it in axum's `HandleErrorLayer`, or in handler code that calls a downstream
+//! through a bulwark stack:
+//!
+//! ```
+//! use axum::{error_handling::HandleErrorLayer, response::IntoResponse, routing::get, Router};
+//! use bulwark::{response::error_response, BoxError, BulkheadLayer};
+//! use tower::ServiceBuilder;
+//!
+//! # fn app() -> Result<Router, BoxError> {
+//! let app = Router::new().route("/", get(|| async { "ok" })).layer(
+//!     ServiceBuilder::new()
+//!         .layer(HandleErrorLayer::new(|err: BoxError| async move {
+//!             error_response("inventory", &*err).into_response()
+//!         }))
+//!         .layer(BulkheadLayer::builder("inventory").max_concurrent(64).build()?),
+//! );
+//! # Ok(app)
+//! # }
+//! # app().unwrap();
+//! ```
+//!
+//! | Error (anywhere in the `source()` chain) | Status | `Retry-After` | `reason` |
+//! | --- | --- | --- | --- |
+//! | `CircuitOpen` | 503 | seconds to the next probe, rounded up (at least 1); none when forced open | `circuit_open` |
+//! | `BulkheadFull` | 503 | none | `bulkhead_full` |
+//! | `RetriesExhausted` with reason `Budget` | 503 | none | `retry_budget_exhausted` |
+//! | `Elapsed` | 504 | none | `timeout` |
+//! | anything else (the downstream's own error) | 502, or the fallback given to [`error_response_with`] | none | `downstream_error` |
+//!
+//! A `RetriesExhausted` for any other reason maps by its last error, which is its `source()`.
+//!
+//! The body's `detail` is the rejection's own message (a name and a duration: nothing
+//! internal), or, for the downstream's own errors, a fixed sentence: their text (addresses,
+//! paths, library messages) is not passed on to the caller.
+
+use std::error::Error;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use crate::error::{find, rejection, Rejection};
+use crate::retry::error::{GaveUp, RetriesExhausted};
+
+/// What an error means for the caller, as [`error_response`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorKind {
+    /// The status to answer with.
+    pub status: StatusCode,
+    /// When to try again, if known.
+    pub retry_after: Option<Duration>,
+    /// A stable, machine-readable reason: `circuit_open`, `bulkhead_full`,
+    /// `retry_budget_exhausted`, `timeout` or `downstream_error`.
+    pub reason: &'static str,
+}
+
+/// Classifies `err` as [`error_response`] would, with `fallback` as the status for the
+/// downstream's own errors.
+pub fn error_kind(err: &(dyn Error + 'static), fallback: StatusCode) -> ErrorKind {
+    let budget_spent = find::<RetriesExhausted>(err).is_some_and(|e| e.reason() == GaveUp::Budget);
+    let kind = |status, retry_after, reason| ErrorKind {
+        status,
+        retry_after,
+        reason,
+    };
+    match rejection(err) {
+        Some(Rejection::CircuitOpen(open)) => kind(
+            StatusCode::SERVICE_UNAVAILABLE,
+            open.retry_after(),
+            "circuit_open",
+        ),
+        Some(Rejection::BulkheadFull(_)) => {
+            kind(StatusCode::SERVICE_UNAVAILABLE, None, "bulkhead_full")
+        }
+        _ if budget_spent => kind(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "retry_budget_exhausted",
+        ),
+        Some(Rejection::Elapsed(_)) => kind(StatusCode::GATEWAY_TIMEOUT, None, "timeout"),
+        _ => kind(fallback, None, "downstream_error"),
+    }
+}
+
+/// The response for an error from the bulwark stack named `stack`, with 502 for the
+/// downstream's own errors. See the [module docs](self) for the mapping.
+pub fn error_response(stack: &str, err: &(dyn Error + 'static)) -> Response<String> {
+    error_response_with(stack, err, StatusCode::BAD_GATEWAY)
+}
+
+/// As [`error_response`], with `fallback` as the status for the downstream's own errors (say
+/// 500 for a server-side stack).
+pub fn error_response_with(
+    stack: &str,
+    err: &(dyn Error + 'static),
+    fallback: StatusCode,
+) -> Response<String> {
+    let kind = error_kind(err, fallback);
+    let detail = match rejection(err) {
+        Some(rejection) if kind.reason != "downstream_error" => rejection.to_string(),
+        _ if kind.reason == "retry_budget_exhausted" => {
+            "the retry budget is spent; the downstream is failing".to_owned()
+        }
+        _ => "the downstream call failed".to_owned(),
+    };
+    let mut body = String::with_capacity(160);
+    body.push_str("{\"type\":\"about:blank\",\"title\":");
+    json_string(&mut body, kind.status.canonical_reason().unwrap_or("Error"));
+    let _ = write!(body, ",\"status\":{},\"detail\":", kind.status.as_u16());
+    json_string(&mut body, &detail);
+    body.push_str(",\"stack\":");
+    json_string(&mut body, stack);
+    body.push_str(",\"reason\":");
+    json_string(&mut body, kind.reason);
+    body.push('}');
+
+    let mut response = Response::new(body);
+    *response.status_mut() = kind.status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(after) = kind.retry_after {
+        // Whole seconds, rounded up, and at least 1: "0" would invite an instant retry.
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    response
+}
+
+/// Appends `s` as a JSON string literal.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bulkhead::error::BulkheadFull;
+    use crate::circuit_breaker::error::CircuitOpen;
+    use crate::circuit_breaker::CircuitState;
+    use crate::timeout::error::Elapsed;
+    use crate::BoxError;
+
+    fn io(msg: &str) -> BoxError {
+        Box::new(std::io::Error::other(msg.to_owned()))
+    }
+
+    fn exhausted(reason: GaveUp, last: BoxError) -> BoxError {
+        Box::new(RetriesExhausted::new(3, reason, last))
+    }
+
+    #[test]
+    fn each_rejection_maps_to_its_status_and_reason() {
+        let open: BoxError = Box::new(CircuitOpen::new(
+            "payments",
+            CircuitState::Open,
+            Some(Duration::from_millis(12_300)),
+        ));
+        let r = error_response("payments", &*open);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[RETRY_AFTER], "13", "rounded up");
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/problem+json");
+        assert_eq!(
+            r.body(),
+            r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"circuit `payments` is open; next probe in 12.3s","stack":"payments","reason":"circuit_open"}"#
+        );
+
+        let forced: BoxError = Box::new(CircuitOpen::new("p", CircuitState::ForcedOpen, None));
+        assert!(error_response("p", &*forced)
+            .headers()
+            .get(RETRY_AFTER)
+            .is_none());
+        let probing: BoxError = Box::new(CircuitOpen::new(
+            "p",
+            CircuitState::HalfOpen,
+            Some(Duration::ZERO),
+        ));
+        assert_eq!(error_response("p", &*probing).headers()[RETRY_AFTER], "1");
+
+        let full: BoxError = Box::new(BulkheadFull::new("inventory", 8));
+        let k = error_kind(&*full, StatusCode::BAD_GATEWAY);
+        assert_eq!((k.status.as_u16(), k.reason), (503, "bulkhead_full"));
+
+        let elapsed: BoxError = Box::new(Elapsed::new(Duration::from_secs(2)));
+        let k = error_kind(&*elapsed, StatusCode::BAD_GATEWAY);
+        assert_eq!((k.status.as_u16(), k.reason), (504, "timeout"));
+    }
+
+    #[test]
+    fn retry_exhaustion_maps_by_its_last_error_or_as_a_spent_budget() {
+        let e = exhausted(
+            GaveUp::MaxAttempts,
+            Box::new(Elapsed::new(Duration::from_secs(1))),
+        );
+        assert_eq!(
+            error_kind(&*e, StatusCode::BAD_GATEWAY).status,
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        let e = exhausted(GaveUp::MaxAttempts, io("connection reset"));
+        assert_eq!(
+            error_kind(&*e, StatusCode::BAD_GATEWAY).status,
+            StatusCode::BAD_GATEWAY
+        );
+        let e = exhausted(GaveUp::Budget, io("connection reset"));
+        let k = error_kind(&*e, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            (k.status.as_u16(), k.reason),
+            (503, "retry_budget_exhausted")
+        );
+        let open = Box::new(CircuitOpen::new(
+            "p",
+            CircuitState::Open,
+            Some(Duration::from_secs(5)),
+        ));
+        let e = exhausted(GaveUp::CircuitOpen, open);
+        let r = error_response("p", &*e);
+        assert_eq!(
+            (r.status().as_u16(), &r.headers()[RETRY_AFTER]),
+            (503, &HeaderValue::from(5u64))
+        );
+    }
+
+    #[test]
+    fn the_downstreams_own_error_text_is_not_passed_on() {
+        let e = io("connect to 10.0.0.7:5432 failed: /etc/secret");
+        let r = error_response_with("db", &*e, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!r.body().contains("10.0.0.7") && !r.body().contains("secret"));
+        assert!(r
+            .body()
+            .contains(r#""detail":"the downstream call failed""#));
+    }
+
+    #[test]
+    fn names_are_escaped_into_valid_json() {
+        let full: BoxError = Box::new(BulkheadFull::new("a\"b\\c\nd", 1));
+        let r = error_response("x\u{1}y", &*full);
+        assert!(r.body().contains(r#""stack":"x\u0001y""#));
+        assert!(r.body().contains(r#"bulkhead `a\"b\\c\nd` is full"#));
+    }
+}

@@ -1,0 +1,161 @@
+//! The four layers composed in the order DESIGN.md gives, outer to inner: bulkhead, total
+//! timeout, retry (with budget), circuit breaker, attempt timeout. Errors become responses
+//! through `response::error_response`. Paused clock throughout.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bulwark::circuit_breaker::{CircuitBreakerHandle, CircuitState};
+use bulwark::response::error_response;
+use bulwark::retry::Jitter;
+use bulwark::{BoxError, BulkheadLayer, CircuitBreakerLayer, RetryLayer, TimeoutLayer};
+use http_body_util::BodyExt;
+use tokio::time;
+use tower::util::BoxCloneSyncService;
+use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+/// A downstream that fails while `failing` is set and takes `delay_ms` per call.
+#[derive(Clone, Default)]
+struct Downstream {
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+    calls: Arc<AtomicU32>,
+}
+
+type Client = BoxCloneSyncService<u32, u32, BoxError>;
+
+/// The client stack, in order, with a comment per layer as a user would write it.
+fn client(down: &Downstream) -> (Client, CircuitBreakerHandle) {
+    let breaker = CircuitBreakerLayer::builder("inventory")
+        .consecutive_failures(3)
+        .break_duration(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    let down = down.clone();
+    let stack = ServiceBuilder::new()
+        // At most 16 calls in flight to this downstream, across every clone: reject the rest.
+        .layer(
+            BulkheadLayer::builder("inventory")
+                .max_concurrent(16)
+                .build()
+                .unwrap(),
+        )
+        // The caller's whole budget, retries and their waits included.
+        .layer(TimeoutLayer::new(Duration::from_secs(5)))
+        // Retry failures after a backoff, within a budget; stop when the breaker says so.
+        .layer(
+            RetryLayer::builder("inventory")
+                .max_attempts(3)
+                .backoff(Duration::from_millis(100), 2.0, Duration::from_secs(1))
+                .jitter(Jitter::None)
+                .build()
+                .unwrap(),
+        )
+        // Count each attempt's outcome; reject at once while the downstream is failing.
+        .layer(breaker)
+        // One attempt's limit: a hung attempt is a failure the breaker sees and retry retries.
+        .layer(TimeoutLayer::new(Duration::from_secs(1)))
+        .service(service_fn(move |x: u32| {
+            let down = down.clone();
+            async move {
+                down.calls.fetch_add(1, Ordering::SeqCst);
+                let failing = down.failing.load(Ordering::SeqCst);
+                let delay = down.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    time::sleep(Duration::from_millis(delay)).await;
+                }
+                if failing {
+                    Err::<u32, BoxError>(Box::new(std::io::Error::other("refused by 10.1.2.3")))
+                } else {
+                    Ok(x * 2)
+                }
+            }
+        }));
+    (BoxCloneSyncService::new(stack), handle)
+}
+
+async fn handler(State(client): State<Client>) -> Response {
+    match client.oneshot(21).await {
+        Ok(n) => n.to_string().into_response(),
+        Err(err) => error_response("inventory", &*err).into_response(),
+    }
+}
+
+async fn get_once(app: &Router) -> (StatusCode, Option<String>, String) {
+    let response = app
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        retry_after,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_failing_downstream_opens_the_breaker_and_callers_get_503_with_retry_after() {
+    let down = Downstream::default();
+    let (client, breaker) = client(&down);
+    let app = Router::new().route("/", get(handler)).with_state(client);
+
+    assert_eq!(
+        get_once(&app).await,
+        (StatusCode::OK, None, "42".to_owned())
+    );
+
+    // Three attempts fail (one call, two retries): the breaker trips on the third, and the
+    // caller gets a 502 that does not leak the downstream's error text.
+    down.failing.store(true, Ordering::SeqCst);
+    let (status, _, body) = get_once(&app).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains(r#""reason":"downstream_error""#) && !body.contains("10.1.2.3"));
+    assert_eq!(breaker.state(), CircuitState::Open);
+    assert_eq!(down.calls.load(Ordering::SeqCst), 4);
+
+    // Now every call is rejected without reaching the downstream, with the time to wait.
+    let (status, retry_after, body) = get_once(&app).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry_after.as_deref(), Some("30"));
+    assert!(body.contains(r#""reason":"circuit_open""#), "{body}");
+    assert_eq!(down.calls.load(Ordering::SeqCst), 4);
+
+    // After the break, probes go through and close it again.
+    time::advance(Duration::from_secs(30)).await;
+    down.failing.store(false, Ordering::SeqCst);
+    assert_eq!(get_once(&app).await.0, StatusCode::OK);
+    assert_eq!(get_once(&app).await.0, StatusCode::OK);
+    assert_eq!(breaker.state(), CircuitState::Closed);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_hung_downstream_costs_the_caller_the_total_timeout_at_most() {
+    let down = Downstream::default();
+    down.delay_ms.store(60_000, Ordering::SeqCst);
+    let (client, _breaker) = client(&down);
+    let app = Router::new().route("/", get(handler)).with_state(client);
+
+    let started = time::Instant::now();
+    let (status, _, body) = get_once(&app).await;
+    // Each attempt times out after 1 s and is retried after 100 ms, then 200 ms: three
+    // attempts fit in 3.3 s, inside the 5 s total.
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(body.contains(r#""reason":"timeout""#));
+    assert_eq!(started.elapsed(), Duration::from_millis(3_300));
+    assert_eq!(down.calls.load(Ordering::SeqCst), 3);
+}
