@@ -365,6 +365,36 @@ fn retry(c: &mut Criterion) {
     );
 }
 
+/// The standard stack beside tower's retry > concurrency-limit > timeout stack.
+fn stack(c: &mut Criterion) {
+    let bulwark = || {
+        bulwark::stack::StackLayer::builder("bench")
+            .build()
+            .expect("a valid stack")
+    };
+    let tower_stack = || {
+        tower::ServiceBuilder::new()
+            .layer(tower::retry::RetryLayer::new(NeverRetry))
+            .concurrency_limit(1024)
+            .timeout(Duration::from_secs(10))
+    };
+    for mode in [Mode::Ready, Mode::PendingOnce] {
+        bench_sequential(c, "stack", "baseline", mode, inner(mode));
+        bench_sequential(
+            c,
+            "stack",
+            "tower",
+            mode,
+            tower_stack().service(inner(mode)),
+        );
+        bench_sequential(c, "stack", "bulwark", mode, bulwark().layer(inner(mode)));
+    }
+    let mode = Mode::PendingOnce;
+    bench_contended(c, "stack", "baseline", inner(mode));
+    bench_contended(c, "stack", "tower", tower_stack().service(inner(mode)));
+    bench_contended(c, "stack", "bulwark", bulwark().layer(inner(mode)));
+}
+
 fn timeout(c: &mut Criterion) {
     let limit = Duration::from_secs(30);
     for mode in [Mode::Ready, Mode::PendingOnce] {
@@ -386,5 +416,5 @@ fn timeout(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, timeout, bulkhead, circuit_breaker, retry);
+criterion_group!(benches, timeout, bulkhead, circuit_breaker, retry, stack);
 criterion_main!(benches);

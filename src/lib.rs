@@ -12,32 +12,35 @@
 //! | Circuit breaker | [`circuit_breaker`] | available |
 //! | Retry with backoff and budget; HTTP replay, `Retry-After`, idempotency | [`retry`] | available |
 //! | Bulkhead | [`bulkhead`] | available |
+//! | Standard stack | [`stack`] | available (an HTTP variant is planned) |
 //!
-//! # Example
+//! # Example: the standard stack
 //!
-//! A client stack in the order the layers are meant to go, outer to inner:
+//! One builder puts the four layers in the right order (bulkhead, total timeout, retry with
+//! budget, circuit breaker, attempt timeout), validates the whole configuration, and gives one
+//! handle to every stage; [`response::error_response`] turns its errors into HTTP responses.
 //!
 //! ```
 //! use std::time::Duration;
 //! use bulwark::error::{rejection, Rejection};
-//! use bulwark::{BoxError, BulkheadLayer, CircuitBreakerLayer, RetryLayer, TimeoutLayer};
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use bulwark::stack::StackLayer;
+//! use bulwark::BoxError;
+//! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
-//! let bulkhead = BulkheadLayer::builder("inventory").max_concurrent(64).build()?;
-//! let breaker = CircuitBreakerLayer::builder("inventory").build()?;
-//! let breaker_handle = breaker.handle(); // for health checks and metrics
+//! let stack = StackLayer::builder("inventory")
+//!     .max_concurrent(64)                          // bulkhead: 64 calls in flight at most
+//!     .total_timeout(Duration::from_secs(5))       // the caller's whole budget
+//!     .retry(|r| r.max_attempts(3))                // retries, within the default budget
+//!     .circuit_breaker(|b| b.consecutive_failures(5))
+//!     .attempt_timeout(Duration::from_secs(1))     // one attempt's limit
+//!     .build()?;                                   // a typed ConfigError if inconsistent
+//! let handle = stack.handle();                     // every stage's handle, for health checks
 //!
-//! let client = ServiceBuilder::new()
-//!     .layer(bulkhead) // at most 64 calls in flight, across every clone
-//!     .layer(TimeoutLayer::new(Duration::from_secs(5))) // the caller's whole budget
-//!     .layer(RetryLayer::builder("inventory").build()?) // retry failures, within a budget
-//!     .layer(breaker) // stop calling a failing downstream; its rejection ends the retries
-//!     .layer(TimeoutLayer::new(Duration::from_secs(1))) // one attempt; a timeout is a failure
-//!     .service(service_fn(|sku: &'static str| async move {
-//!         Ok::<_, BoxError>(format!("{sku}: 3 in stock"))
-//!     }));
+//! let client = stack.layer(service_fn(|sku: &'static str| async move {
+//!     Ok::<_, BoxError>(format!("{sku}: 3 in stock"))
+//! }));
 //!
 //! match client.oneshot("sku-1").await {
 //!     Ok(stock) => println!("{stock}"),
@@ -47,10 +50,13 @@
 //!         None => println!("the downstream failed: {err}"),
 //!     },
 //! }
-//! assert!(breaker_handle.state().admits_calls());
+//! assert!(handle.circuit_breaker().unwrap().state().admits_calls());
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Each layer is also usable alone, in any `tower::ServiceBuilder`: [`TimeoutLayer`],
+//! [`BulkheadLayer`], [`CircuitBreakerLayer`], [`RetryLayer`].
 //!
 //! # Shared model
 //!
@@ -89,6 +95,7 @@ pub mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod response;
 pub mod retry;
+pub mod stack;
 pub mod timeout;
 mod window;
 

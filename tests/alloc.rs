@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bulwark::stack::StackLayer;
 use bulwark::{BulkheadLayer, CircuitBreakerLayer, RetryLayer, TimeoutLayer};
 use tower::util::ServiceFn;
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -196,4 +197,16 @@ fn retry_success_path_allocates_nothing() {
         .unwrap();
     assert_allocates_nothing(&layer);
     assert_eq!(layer.handle().retries(), 0);
+}
+
+#[test]
+fn the_standard_stack_success_path_allocates_nothing() {
+    // Every stage on, with the defaults (a breaker time window, a retry budget).
+    let stack = StackLayer::builder("alloc").build().unwrap();
+    assert_allocates_nothing(&stack);
+    let handle = stack.handle();
+    assert_eq!(
+        handle.circuit_breaker().unwrap().counters().calls,
+        2 * 1_100
+    );
 }

@@ -159,3 +159,151 @@ async fn a_hung_downstream_costs_the_caller_the_total_timeout_at_most() {
     assert_eq!(started.elapsed(), Duration::from_millis(3_300));
     assert_eq!(down.calls.load(Ordering::SeqCst), 3);
 }
+
+mod builder {
+    use super::*;
+    use bulwark::stack::{StackHandle, StackLayer};
+    use tower::Layer;
+
+    fn built_client(down: &Downstream) -> (Client, StackHandle) {
+        let stack = StackLayer::builder("inventory")
+            .max_concurrent(16)
+            .total_timeout(Duration::from_secs(5))
+            .retry(|r| {
+                r.max_attempts(3)
+                    .backoff(Duration::from_millis(100), 2.0, Duration::from_secs(1))
+                    .jitter(Jitter::None)
+            })
+            .circuit_breaker(|b| b.consecutive_failures(3))
+            .attempt_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let handle = stack.handle();
+        let down = down.clone();
+        let svc = stack.layer(service_fn(move |x: u32| {
+            let down = down.clone();
+            async move {
+                down.calls.fetch_add(1, Ordering::SeqCst);
+                let delay = down.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    time::sleep(Duration::from_millis(delay)).await;
+                }
+                if down.failing.load(Ordering::SeqCst) {
+                    Err::<u32, BoxError>("down".into())
+                } else {
+                    Ok(x * 2)
+                }
+            }
+        }));
+        (BoxCloneSyncService::new(svc), handle)
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_built_stack_behaves_as_the_hand_assembled_one() {
+        let down = Downstream::default();
+        let (client, handle) = built_client(&down);
+        let app = Router::new().route("/", get(handler)).with_state(client);
+        assert_eq!(get_once(&app).await.0, StatusCode::OK);
+
+        down.failing.store(true, Ordering::SeqCst);
+        assert_eq!(get_once(&app).await.0, StatusCode::BAD_GATEWAY);
+        let breaker = handle.circuit_breaker().unwrap();
+        assert_eq!(breaker.state(), CircuitState::Open);
+        let (status, retry_after, _) = get_once(&app).await;
+        assert_eq!(
+            (status, retry_after.as_deref()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("30"))
+        );
+        assert_eq!(down.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(handle.retry().unwrap().retries(), 2);
+        assert_eq!(handle.bulkhead().unwrap().in_flight(), 0);
+        assert_eq!(handle.name(), "inventory");
+        assert_eq!(
+            breaker.name(),
+            "inventory",
+            "every stage is named after the stack"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_hung_downstream_is_cut_at_each_attempt_and_by_the_total() {
+        let down = Downstream::default();
+        down.delay_ms.store(60_000, Ordering::SeqCst);
+        let (client, _) = built_client(&down);
+        let started = time::Instant::now();
+        let err = client.oneshot(1).await.unwrap_err();
+        assert_eq!(
+            bulwark::response::error_kind(&*err, StatusCode::BAD_GATEWAY).status,
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(3_300));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn stages_switch_off() {
+        let stack = StackLayer::builder("bare")
+            .no_bulkhead()
+            .no_total_timeout()
+            .no_retry()
+            .no_circuit_breaker()
+            .no_attempt_timeout()
+            .build()
+            .unwrap();
+        let handle = stack.handle();
+        assert!(handle.bulkhead().is_none() && handle.retry().is_none());
+        assert!(handle.circuit_breaker().is_none());
+        let svc = stack.layer(service_fn(|x: u32| async move {
+            time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, BoxError>(x)
+        }));
+        // No timeout anywhere: an hour-long call completes.
+        assert_eq!(svc.oneshot(7).await.unwrap(), 7);
+    }
+
+    #[test]
+    fn contradictions_between_stages_are_named() {
+        let field = |b: bulwark::stack::StackBuilder| {
+            let e = b.build().unwrap_err();
+            (e.component(), e.field())
+        };
+        assert_eq!(
+            field(
+                StackLayer::builder("s")
+                    .total_timeout(Duration::from_secs(1))
+                    .attempt_timeout(Duration::from_secs(2))
+            ),
+            ("stack", "attempt_timeout")
+        );
+        assert_eq!(
+            field(
+                StackLayer::builder("s")
+                    .attempt_timeout(Duration::from_secs(10))
+                    .circuit_breaker(|b| b.failure_rate_over_time(
+                        0.5,
+                        Duration::from_secs(15),
+                        15,
+                        5
+                    ))
+            ),
+            ("stack", "circuit_breaker.failure_rate_over_time.span")
+        );
+        assert_eq!(
+            field(StackLayer::builder("s").retry(|r| r.max_attempts(0))),
+            ("retry", "max_attempts")
+        );
+        assert_eq!(
+            field(
+                StackLayer::builder("s").circuit_breaker(|b| b.failure_rate_over_calls(1.5, 10, 5))
+            ),
+            ("circuit breaker", "failure_rate_over_calls.rate")
+        );
+        assert_eq!(
+            field(StackLayer::builder("s").max_concurrent(0)),
+            ("bulkhead", "max_concurrent")
+        );
+        assert!(
+            StackLayer::builder("s").build().is_ok(),
+            "the defaults are valid"
+        );
+    }
+}

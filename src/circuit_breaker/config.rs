@@ -259,6 +259,11 @@ impl<C> CircuitBreakerLayerBuilder<C> {
         ))
     }
 
+    /// The span of the time window, if one is set (for the standard stack's checks).
+    pub(crate) fn time_window_span(&self) -> Option<Duration> {
+        self.time.map(|t| t.span)
+    }
+
     fn validate(&self) -> Result<Policy, ConfigError> {
         let err = |field, problem| Err(ConfigError::new(COMPONENT, field, problem));
         let rate_ok = |r: f64| r.is_finite() && r > 0.0 && r <= 1.0;

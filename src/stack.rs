@@ -1,0 +1,504 @@
+//! The standard stack: the four layers in the right order, from one builder and one validated
+//! configuration.
+//!
+//! Outer to inner: **bulkhead → total timeout → retry (with budget) → circuit breaker →
+//! attempt timeout → inner service**. Each stage can be tuned or switched off; a stage that
+//! is off costs one branch per call.
+//!
+//! ```
+//! use std::time::Duration;
+//! use bulwark::circuit_breaker::CircuitState;
+//! use bulwark::stack::StackLayer;
+//! use bulwark::BoxError;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let stack = StackLayer::builder("inventory")
+//!     .max_concurrent(64)
+//!     .total_timeout(Duration::from_secs(5))
+//!     .retry(|r| r.max_attempts(2))
+//!     .attempt_timeout(Duration::from_secs(1))
+//!     .build()?;
+//! let handle = stack.handle();
+//!
+//! let client = stack.layer(service_fn(|sku: &'static str| async move {
+//!     Ok::<_, BoxError>(sku.len())
+//! }));
+//! assert_eq!(client.oneshot("sku-1").await?, 5);
+//! assert_eq!(handle.circuit_breaker().map(|b| b.state()), Some(CircuitState::Closed));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Why this order
+//!
+//! - The **bulkhead** is outermost, so everything a call does (its retries, their waits)
+//!   happens inside one slot: the cap bounds the work this service spends on the downstream.
+//! - The **total timeout** sits outside retry, so it bounds all the attempts together: the
+//!   caller's budget.
+//! - **Retry** sits outside the breaker, so each attempt is counted by the breaker, and an open
+//!   breaker's rejection (`CircuitOpen`) ends the retries instead of spending the budget.
+//! - The **attempt timeout** is innermost, so a hung attempt becomes a failure that the
+//!   breaker counts and that retry can retry.
+//!
+//! # Defaults
+//!
+//! For an HTTP-like client: a bulkhead of 100 calls (reject at once when full); a total
+//! timeout of 30 s; 3 attempts with backoff from 200 ms doubling to 5 s, decorrelated jitter,
+//! and the default retry budget; a breaker tripping on 5 consecutive failures or on half of
+//! the last 100 calls (once 20 were seen), open 30 s; an attempt timeout of 10 s. (A count
+//! window, not a time window, by default: it needs no clock read per call.) Every
+//! stage is named after the stack, so events and errors say which downstream they are about.
+//!
+//! # Validation
+//!
+//! [`StackBuilder::build`] returns a [`ConfigError`] naming the field for anything a stage's own
+//! builder rejects, and for contradictions between stages: an attempt timeout above the total
+//! timeout, or a breaker time window shorter than two attempt timeouts (it could not see two
+//! attempts fail).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::bulkhead::{Bulkhead, BulkheadHandle, BulkheadLayer};
+use crate::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerLayerBuilder,
+};
+use crate::classify::DefaultClassifier;
+use crate::error::ConfigError;
+use crate::retry::{Retry, RetryHandle, RetryLayer, RetryLayerBuilder};
+use crate::timeout::{Timeout, TimeoutLayer};
+use crate::BoxError;
+
+const COMPONENT: &str = "stack";
+
+// === Stage ===
+
+/// One stage of a stack: its layer's service when the stage is on, the inner service as is
+/// when it is off.
+#[derive(Debug, Clone)]
+pub enum Stage<On, Off> {
+    /// The stage is on.
+    On(On),
+    /// The stage is off: calls go straight to the inner service.
+    Off(Off),
+}
+
+impl<On, Off> Stage<On, Off> {
+    fn layered<L>(layer: Option<&L>, inner: Off) -> Self
+    where
+        L: Layer<Off, Service = On>,
+    {
+        match layer {
+            Some(layer) => Stage::On(layer.layer(inner)),
+            None => Stage::Off(inner),
+        }
+    }
+}
+
+impl<On, Off, Request> Service<Request> for Stage<On, Off>
+where
+    On: Service<Request>,
+    On::Error: Into<BoxError>,
+    Off: Service<Request, Response = On::Response>,
+    Off::Error: Into<BoxError>,
+{
+    type Response = On::Response;
+    type Error = BoxError;
+    type Future = StageFuture<On::Future, Off::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Stage::On(s) => s.poll_ready(cx).map_err(Into::into),
+            Stage::Off(s) => s.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self {
+            Stage::On(s) => StageFuture {
+                kind: StageKind::On {
+                    future: s.call(request),
+                },
+            },
+            Stage::Off(s) => StageFuture {
+                kind: StageKind::Off {
+                    future: s.call(request),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of a [`Stage`].
+    #[derive(Debug)]
+    pub struct StageFuture<On, Off> {
+        #[pin]
+        kind: StageKind<On, Off>,
+    }
+}
+
+pin_project! {
+    #[project = StageProj]
+    #[derive(Debug)]
+    enum StageKind<On, Off> {
+        On { #[pin] future: On },
+        Off { #[pin] future: Off },
+    }
+}
+
+impl<On, Off, T, E1, E2> Future for StageFuture<On, Off>
+where
+    On: Future<Output = Result<T, E1>>,
+    Off: Future<Output = Result<T, E2>>,
+    E1: Into<BoxError>,
+    E2: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            StageProj::On { future } => future.poll(cx).map_err(Into::into),
+            StageProj::Off { future } => future.poll(cx).map_err(Into::into),
+        }
+    }
+}
+
+/// The attempt-timeout stage around `S`.
+pub type AttemptStage<S> = Stage<Timeout<S>, S>;
+/// The circuit-breaker stage.
+pub type BreakerStage<S, C> = Stage<CircuitBreaker<AttemptStage<S>, C>, AttemptStage<S>>;
+/// The retry stage.
+pub type RetryStage<S, C, P> = Stage<Retry<BreakerStage<S, C>, P>, BreakerStage<S, C>>;
+/// The total-timeout stage.
+pub type TotalStage<S, C, P> = Stage<Timeout<RetryStage<S, C, P>>, RetryStage<S, C, P>>;
+/// The whole standard stack around `S`, as [`StackLayer`] builds it.
+pub type StackService<S, C = DefaultClassifier, P = DefaultClassifier> =
+    Stage<Bulkhead<TotalStage<S, C, P>>, TotalStage<S, C, P>>;
+
+// === StackLayer ===
+
+/// The standard stack as one layer; built with [`StackLayer::builder`]. See the
+/// [module docs](self).
+#[must_use]
+pub struct StackLayer<C = DefaultClassifier, P = DefaultClassifier> {
+    name: Arc<str>,
+    bulkhead: Option<BulkheadLayer>,
+    total_timeout: Option<TimeoutLayer>,
+    retry: Option<RetryLayer<P>>,
+    breaker: Option<CircuitBreakerLayer<C>>,
+    attempt_timeout: Option<TimeoutLayer>,
+}
+
+impl StackLayer {
+    /// Starts building a stack named `name`: every stage is named after it.
+    pub fn builder(name: impl Into<Arc<str>>) -> StackBuilder {
+        let name = name.into();
+        StackBuilder {
+            max_concurrent: Some(100),
+            bulkhead_wait: Duration::ZERO,
+            total_timeout: Some(Duration::from_secs(30)),
+            retry: Some(RetryLayer::builder(name.clone()).max_attempts(3).backoff(
+                Duration::from_millis(200),
+                2.0,
+                Duration::from_secs(5),
+            )),
+            breaker: Some(
+                CircuitBreakerLayer::builder(name.clone())
+                    .consecutive_failures(5)
+                    .failure_rate_over_calls(0.5, 100, 20),
+            ),
+            attempt_timeout: Some(Duration::from_secs(10)),
+            name,
+        }
+    }
+}
+
+impl<C, P> StackLayer<C, P> {
+    /// A handle that reaches every stage's handle.
+    pub fn handle(&self) -> StackHandle {
+        StackHandle {
+            name: self.name.clone(),
+            bulkhead: self.bulkhead.as_ref().map(BulkheadLayer::handle),
+            retry: self.retry.as_ref().map(RetryLayer::handle),
+            breaker: self.breaker.as_ref().map(CircuitBreakerLayer::handle),
+        }
+    }
+}
+
+impl<C: Clone, P: Clone> Clone for StackLayer<C, P> {
+    fn clone(&self) -> Self {
+        StackLayer {
+            name: self.name.clone(),
+            bulkhead: self.bulkhead.clone(),
+            total_timeout: self.total_timeout,
+            retry: self.retry.clone(),
+            breaker: self.breaker.clone(),
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+}
+
+impl<S, C: Clone, P: Clone> Layer<S> for StackLayer<C, P> {
+    type Service = StackService<S, C, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let attempt = Stage::layered(self.attempt_timeout.as_ref(), inner);
+        let breaker = Stage::layered(self.breaker.as_ref(), attempt);
+        let retry = Stage::layered(self.retry.as_ref(), breaker);
+        let total = Stage::layered(self.total_timeout.as_ref(), retry);
+        Stage::layered(self.bulkhead.as_ref(), total)
+    }
+}
+
+impl<C, P> fmt::Debug for StackLayer<C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackLayer")
+            .field("name", &self.name)
+            .field("bulkhead", &self.bulkhead)
+            .field("total_timeout", &self.total_timeout.map(|t| t.timeout()))
+            .field("retry", &self.retry)
+            .field("circuit_breaker", &self.breaker)
+            .field(
+                "attempt_timeout",
+                &self.attempt_timeout.map(|t| t.timeout()),
+            )
+            .finish()
+    }
+}
+
+// === StackBuilder ===
+
+/// Builds a [`StackLayer`]; see the [module docs](self) for the defaults.
+#[must_use]
+pub struct StackBuilder<C = DefaultClassifier, P = DefaultClassifier> {
+    name: Arc<str>,
+    max_concurrent: Option<usize>,
+    bulkhead_wait: Duration,
+    total_timeout: Option<Duration>,
+    retry: Option<RetryLayerBuilder<P>>,
+    breaker: Option<CircuitBreakerLayerBuilder<C>>,
+    attempt_timeout: Option<Duration>,
+}
+
+impl<C, P> StackBuilder<C, P> {
+    /// The bulkhead's cap on calls in flight (default 100).
+    pub fn max_concurrent(mut self, n: usize) -> Self {
+        self.max_concurrent = Some(n);
+        self
+    }
+
+    /// How long a call may wait for a bulkhead slot (default zero: reject at once).
+    pub fn bulkhead_wait(mut self, max_wait: Duration) -> Self {
+        self.bulkhead_wait = max_wait;
+        self
+    }
+
+    /// No bulkhead stage.
+    pub fn no_bulkhead(mut self) -> Self {
+        self.max_concurrent = None;
+        self
+    }
+
+    /// The caller's whole budget, retries included (default 30 s).
+    pub fn total_timeout(mut self, timeout: Duration) -> Self {
+        self.total_timeout = Some(timeout);
+        self
+    }
+
+    /// No total timeout stage.
+    pub fn no_total_timeout(mut self) -> Self {
+        self.total_timeout = None;
+        self
+    }
+
+    /// Tunes the retry stage (turning it on again if it was off, from the defaults).
+    pub fn retry(mut self, tune: impl FnOnce(RetryLayerBuilder<P>) -> RetryLayerBuilder<P>) -> Self
+    where
+        P: Default,
+    {
+        let current = match self.retry.take() {
+            Some(current) => current,
+            None => RetryLayer::builder(self.name.clone()).classifier(P::default()),
+        };
+        self.retry = Some(tune(current));
+        self
+    }
+
+    /// No retry stage.
+    pub fn no_retry(mut self) -> Self {
+        self.retry = None;
+        self
+    }
+
+    /// Tunes the circuit-breaker stage (turning it on again if it was off, from the breaker's
+    /// own defaults).
+    pub fn circuit_breaker(
+        mut self,
+        tune: impl FnOnce(CircuitBreakerLayerBuilder<C>) -> CircuitBreakerLayerBuilder<C>,
+    ) -> Self
+    where
+        C: Default,
+    {
+        let current = match self.breaker.take() {
+            Some(current) => current,
+            None => CircuitBreakerLayer::builder(self.name.clone()).classifier(C::default()),
+        };
+        self.breaker = Some(tune(current));
+        self
+    }
+
+    /// No circuit-breaker stage.
+    pub fn no_circuit_breaker(mut self) -> Self {
+        self.breaker = None;
+        self
+    }
+
+    /// One attempt's limit (default 10 s).
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// No attempt timeout stage.
+    pub fn no_attempt_timeout(mut self) -> Self {
+        self.attempt_timeout = None;
+        self
+    }
+
+    /// What the breaker counts as a failure (default: every `Err`).
+    pub fn breaker_classifier<C2>(self, classifier: C2) -> StackBuilder<C2, P> {
+        StackBuilder {
+            name: self.name,
+            max_concurrent: self.max_concurrent,
+            bulkhead_wait: self.bulkhead_wait,
+            total_timeout: self.total_timeout,
+            retry: self.retry,
+            breaker: self.breaker.map(|b| b.classifier(classifier)),
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+
+    /// What retry retries (default: every `Err`); any [`RetryPolicy`](crate::retry::RetryPolicy).
+    pub fn retry_policy<P2>(self, policy: P2) -> StackBuilder<C, P2> {
+        StackBuilder {
+            name: self.name,
+            max_concurrent: self.max_concurrent,
+            bulkhead_wait: self.bulkhead_wait,
+            total_timeout: self.total_timeout,
+            retry: self.retry.map(|r| r.classifier(policy)),
+            breaker: self.breaker,
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+
+    /// Validates every stage and how they fit together, and builds the stack.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of the first invalid stage (its component says which), or one with
+    /// component `stack` for a contradiction between stages: `attempt_timeout` above
+    /// `total_timeout`, a zero timeout, or a breaker time window shorter than two attempt
+    /// timeouts.
+    pub fn build(self) -> Result<StackLayer<C, P>, ConfigError> {
+        let err = |field, problem| Err(ConfigError::new(COMPONENT, field, problem));
+        if self.total_timeout.is_some_and(|t| t.is_zero()) {
+            return err("total_timeout", "must be greater than zero");
+        }
+        if self.attempt_timeout.is_some_and(|t| t.is_zero()) {
+            return err("attempt_timeout", "must be greater than zero");
+        }
+        if let (Some(attempt), Some(total)) = (self.attempt_timeout, self.total_timeout) {
+            if attempt > total {
+                return err("attempt_timeout", "must not exceed total_timeout");
+            }
+        }
+        if let (Some(breaker), Some(attempt)) = (&self.breaker, self.attempt_timeout) {
+            if breaker
+                .time_window_span()
+                .is_some_and(|span| span < attempt.saturating_mul(2))
+            {
+                return err(
+                    "circuit_breaker.failure_rate_over_time.span",
+                    "must be at least two attempt timeouts",
+                );
+            }
+        }
+        let bulkhead = match self.max_concurrent {
+            Some(n) => Some(
+                BulkheadLayer::builder(self.name.clone())
+                    .max_concurrent(n)
+                    .max_wait(self.bulkhead_wait)
+                    .build()?,
+            ),
+            None => None,
+        };
+        Ok(StackLayer {
+            bulkhead,
+            total_timeout: self.total_timeout.map(TimeoutLayer::new),
+            retry: self.retry.map(RetryLayerBuilder::build).transpose()?,
+            breaker: self
+                .breaker
+                .map(CircuitBreakerLayerBuilder::build)
+                .transpose()?,
+            attempt_timeout: self.attempt_timeout.map(TimeoutLayer::new),
+            name: self.name,
+        })
+    }
+}
+
+impl<C, P> fmt::Debug for StackBuilder<C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackBuilder")
+            .field("name", &self.name)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("total_timeout", &self.total_timeout)
+            .field("retry", &self.retry.is_some())
+            .field("circuit_breaker", &self.breaker.is_some())
+            .field("attempt_timeout", &self.attempt_timeout)
+            .finish()
+    }
+}
+
+// === StackHandle ===
+
+/// Reaches the handle of every stage of a stack that has one.
+#[derive(Debug, Clone)]
+pub struct StackHandle {
+    name: Arc<str>,
+    bulkhead: Option<BulkheadHandle>,
+    retry: Option<RetryHandle>,
+    breaker: Option<CircuitBreakerHandle>,
+}
+
+impl StackHandle {
+    /// The stack's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bulkhead's handle, if the stage is on.
+    pub fn bulkhead(&self) -> Option<&BulkheadHandle> {
+        self.bulkhead.as_ref()
+    }
+
+    /// The retry stage's handle, if it is on.
+    pub fn retry(&self) -> Option<&RetryHandle> {
+        self.retry.as_ref()
+    }
+
+    /// The circuit breaker's handle, if the stage is on.
+    pub fn circuit_breaker(&self) -> Option<&CircuitBreakerHandle> {
+        self.breaker.as_ref()
+    }
+}
