@@ -21,41 +21,42 @@ use crate::BoxError;
 pin_project! {
     /// The response future of [`Retry`](super::Retry): the current attempt, or the wait before
     /// the next one.
+    ///
+    /// Everything a retry needs (its timers, the failed result, the jitter's state) lives in a
+    /// box made at the first retry, so the future of a call that succeeds at once stays small:
+    /// it is moved through every layer above it.
     pub struct ResponseFuture<S, Request, P>
     where
         S: Service<Request>,
     {
+        // The attempt under way; `None` while waiting to retry.
         #[pin]
-        state: State<S::Future, S::Response>,
+        response: Option<S::Future>,
         attempts: Attempts<S, Request, P>,
+        retry: Option<Pin<Box<RetryState<S::Response>>>>,
     }
 }
 
 pin_project! {
-    #[project = StateProj]
-    enum State<F, T> {
-        Called {
-            #[pin]
-            response: F,
-        },
-        // The backoff before the next attempt. `last` is the failed result, returned if no
-        // further attempt can be made after all.
-        Waiting {
-            #[pin]
-            sleep: Sleep,
-            last: Option<Result<T, BoxError>>,
-        },
-        // Waiting for the inner service to be ready for the next attempt, no later than the
-        // deadline (if one is set).
-        Readying {
-            #[pin]
-            deadline: Option<Sleep>,
-            last: Option<Result<T, BoxError>>,
-        },
+    /// The state of a call being retried.
+    struct RetryState<T> {
+        // The backoff before the next attempt.
+        #[pin]
+        sleep: Sleep,
+        // The deadline, while waiting for the inner service to be ready.
+        #[pin]
+        deadline: Option<Sleep>,
+        // The failed result, returned if no further attempt can be made after all.
+        last: Option<Result<T, BoxError>>,
+        // Whether the backoff is over and readiness is being waited for.
+        readying: bool,
+        last_delay: Duration,
+        next: (Duration, &'static str),
+        rng: Rng,
     }
 }
 
-/// What the future keeps between attempts.
+/// What the future keeps from the start.
 struct Attempts<S, Request, P> {
     /// The instance that makes the retries: `None` when the request cannot be sent again.
     service: Option<S>,
@@ -64,16 +65,16 @@ struct Attempts<S, Request, P> {
     shared: Arc<Shared>,
     attempt: u32,
     started: Option<Instant>,
-    last_delay: Duration,
-    /// The wait and the reason of the retry under way, reported when it is made.
-    next: (Duration, &'static str),
-    rng: Option<Rng>,
 }
 
 /// What to do after an attempt.
 enum Next {
     Done,
-    Wait(Duration),
+    Wait {
+        delay: Duration,
+        backoff: Duration,
+        reason: &'static str,
+    },
     GiveUp(GaveUp),
 }
 
@@ -90,7 +91,7 @@ where
     ) -> Self {
         let started = shared.deadline.map(|_| Instant::now());
         ResponseFuture {
-            state: State::Called { response },
+            response: Some(response),
             attempts: Attempts {
                 service,
                 request,
@@ -98,16 +99,21 @@ where
                 shared,
                 attempt: 1,
                 started,
-                last_delay: Duration::ZERO,
-                next: (Duration::ZERO, ""),
-                rng: None,
             },
+            retry: None,
         }
     }
 }
 
 impl<S, Request, P> Attempts<S, Request, P> {
-    fn after<T>(&mut self, result: &Result<T, BoxError>) -> Next
+    /// Decides what follows `result`. `rng` and `last_delay` are the retry state's, if a retry
+    /// happened already.
+    fn after<T>(
+        &self,
+        result: &Result<T, BoxError>,
+        rng: &mut Option<Rng>,
+        last_delay: Duration,
+    ) -> Next
     where
         P: RetryPolicy<Request, T>,
     {
@@ -126,8 +132,8 @@ impl<S, Request, P> Attempts<S, Request, P> {
         if self.attempt >= shared.max_attempts {
             return Next::GiveUp(GaveUp::MaxAttempts);
         }
-        let random = self.rng.get_or_insert_with(|| shared.rng()).next_f64();
-        let backoff = shared.backoff.delay(self.attempt, self.last_delay, random);
+        let random = rng.get_or_insert_with(|| shared.rng()).next_f64();
+        let backoff = shared.backoff.delay(self.attempt, last_delay, random);
         // The downstream's `Retry-After` is a floor: never come back sooner than asked.
         let delay = hint.map_or(backoff, |hint| hint.max(backoff));
         if let Err(err) = result {
@@ -147,16 +153,16 @@ impl<S, Request, P> Attempts<S, Request, P> {
                 return Next::GiveUp(GaveUp::Budget);
             }
         }
-        self.last_delay = backoff;
-        self.next = (
+        let reason = match (result.is_err(), hint.is_some()) {
+            (_, true) => "retry-after",
+            (true, false) => "error",
+            (false, false) => "response",
+        };
+        Next::Wait {
             delay,
-            match (result.is_err(), hint.is_some()) {
-                (_, true) => "retry-after",
-                (true, false) => "error",
-                (false, false) => "response",
-            },
-        );
-        Next::Wait(delay)
+            backoff,
+            reason,
+        }
     }
 
     /// Whether an attempt starting `from_now` would start after the deadline.
@@ -199,83 +205,105 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match this.state.as_mut().project() {
-                StateProj::Called { response } => {
-                    let mut result = ready!(response.poll(cx)).map_err(Into::into);
-                    match this.attempts.after(&result) {
-                        Next::Done => {
-                            this.attempts
-                                .policy
-                                .finish(&mut result, this.attempts.attempt);
-                            return Poll::Ready(result);
-                        }
-                        Next::GiveUp(reason) => {
-                            return Poll::Ready(this.attempts.give_up(result, reason));
-                        }
-                        Next::Wait(delay) => this.state.set(State::Waiting {
+            // The attempt under way.
+            if let Some(response) = this.response.as_mut().as_pin_mut() {
+                let mut result = ready!(response.poll(cx)).map_err(Into::into);
+                this.response.set(None);
+                let attempts = &*this.attempts;
+                let (mut rng, last_delay) = match this.retry.as_mut() {
+                    Some(state) => (Some(state.rng.clone()), state.last_delay),
+                    None => (None, Duration::ZERO),
+                };
+                match attempts.after(&result, &mut rng, last_delay) {
+                    Next::Done => {
+                        attempts.policy.finish(&mut result, attempts.attempt);
+                        return Poll::Ready(result);
+                    }
+                    Next::GiveUp(reason) => return Poll::Ready(attempts.give_up(result, reason)),
+                    Next::Wait {
+                        delay,
+                        backoff,
+                        reason,
+                    } => {
+                        let rng = rng.unwrap_or_else(|| attempts.shared.rng());
+                        let fresh = RetryState {
                             sleep: tokio::time::sleep(delay),
+                            deadline: None,
                             last: Some(result),
-                        }),
-                    }
-                }
-                StateProj::Waiting { sleep, last } => {
-                    ready!(sleep.poll(cx));
-                    let last = last.take();
-                    let deadline = this.attempts.deadline_timer();
-                    this.state.set(State::Readying { deadline, last });
-                }
-                StateProj::Readying { deadline, last } => {
-                    let attempts = &mut *this.attempts;
-                    let Some(service) = attempts.service.as_mut() else {
-                        // `after` retries only with a service to retry on.
-                        return Poll::Ready(Err("retry lost its service".into()));
-                    };
-                    // Readiness is polled before every attempt, on the instance that makes it,
-                    // and waited for no later than the deadline.
-                    let ready = service.poll_ready(cx);
-                    match ready {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(err)) => return Poll::Ready(Err(err.into())),
-                        Poll::Pending => {
-                            if let Some(deadline) = deadline.as_pin_mut() {
-                                if deadline.poll(cx).is_ready() {
-                                    let last = last
-                                        .take()
-                                        .unwrap_or_else(|| Err("retry deadline passed".into()));
-                                    return Poll::Ready(attempts.give_up(last, GaveUp::Deadline));
-                                }
-                            }
-                            return Poll::Pending;
+                            readying: false,
+                            last_delay: backoff,
+                            next: (delay, reason),
+                            rng,
+                        };
+                        match this.retry.as_mut() {
+                            // Later retries reuse the box made by the first.
+                            Some(state) => state.set(fresh),
+                            None => *this.retry = Some(Box::pin(fresh)),
                         }
                     }
-                    if attempts.past_deadline(Duration::ZERO) {
-                        let last = last
-                            .take()
-                            .unwrap_or_else(|| Err("retry deadline passed".into()));
-                        return Poll::Ready(attempts.give_up(last, GaveUp::Deadline));
+                }
+                continue;
+            }
+
+            // Waiting to retry.
+            let Some(state) = this.retry.as_mut() else {
+                // Unreachable: without an attempt under way there is always a retry state.
+                return Poll::Ready(Err("retry future polled after completion".into()));
+            };
+            let mut state = state.as_mut().project();
+            if !*state.readying {
+                ready!(state.sleep.as_mut().poll(cx));
+                *state.readying = true;
+                state.deadline.set(this.attempts.deadline_timer());
+            }
+            let attempts = &mut *this.attempts;
+            let Some(service) = attempts.service.as_mut() else {
+                // `after` retries only with a service to retry on.
+                return Poll::Ready(Err("retry lost its service".into()));
+            };
+            // Readiness is polled before every attempt, on the instance that makes it, and
+            // waited for no later than the deadline.
+            match service.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err.into())),
+                Poll::Pending => {
+                    if let Some(deadline) = state.deadline.as_mut().as_pin_mut() {
+                        if deadline.poll(cx).is_ready() {
+                            let last = state.last.take();
+                            let last = last.unwrap_or_else(|| Err("retry deadline passed".into()));
+                            return Poll::Ready(attempts.give_up(last, GaveUp::Deadline));
+                        }
                     }
-                    // Each attempt sends a copy: the kept request is still needed to judge
-                    // the attempt's result.
-                    let copy = attempts
-                        .request
-                        .as_ref()
-                        .and_then(|request| attempts.policy.replay(request));
-                    let Some(mut request) = copy else {
-                        // `after` retries only a request it could copy before; a policy whose
-                        // copy fails now breaks that, and the call fails rather than hang.
-                        return Poll::Ready(Err("retry could not copy its request".into()));
-                    };
-                    attempts.attempt += 1;
-                    attempts.policy.prepare(&mut request, attempts.attempt);
-                    let (delay, reason) = attempts.next;
-                    attempts.shared.retried(attempts.attempt, delay, reason);
-                    let Some(service) = attempts.service.as_mut() else {
-                        return Poll::Ready(Err("retry lost its service".into()));
-                    };
-                    let response = service.call(request);
-                    this.state.set(State::Called { response });
+                    return Poll::Pending;
                 }
             }
+            if attempts.past_deadline(Duration::ZERO) {
+                let last = state.last.take();
+                let last = last.unwrap_or_else(|| Err("retry deadline passed".into()));
+                return Poll::Ready(attempts.give_up(last, GaveUp::Deadline));
+            }
+            // Each attempt sends a copy: the kept request is still needed to judge the
+            // attempt's result.
+            let copy = attempts
+                .request
+                .as_ref()
+                .and_then(|request| attempts.policy.replay(request));
+            let Some(mut request) = copy else {
+                // `after` retries only a request it could copy before; a policy whose copy
+                // fails now breaks that, and the call fails rather than hang.
+                return Poll::Ready(Err("retry could not copy its request".into()));
+            };
+            attempts.attempt += 1;
+            attempts.policy.prepare(&mut request, attempts.attempt);
+            let (delay, reason) = *state.next;
+            attempts.shared.retried(attempts.attempt, delay, reason);
+            *state.last = None;
+            state.deadline.set(None);
+            *state.readying = false;
+            let Some(service) = attempts.service.as_mut() else {
+                return Poll::Ready(Err("retry lost its service".into()));
+            };
+            this.response.set(Some(service.call(request)));
         }
     }
 }

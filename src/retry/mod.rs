@@ -93,11 +93,13 @@
 //!
 //! # Requests and cost
 //!
-//! With a classifier, the request must be `Clone`: the layer keeps a copy for retries, made when the call is
-//! made (no copy when `max_attempts` is 1), and the inner service is cloned into each call's
-//! future. Both copies are the only work on the success path besides the budget's deposit
-//! (one clock read and one atomic add), so keep requests cheap to clone (`Bytes`, `Arc`).
-//! With the default classifier, a request that needs no copy costs no allocation.
+//! With a classifier, the request must be `Clone`: the layer keeps a copy for retries, made
+//! when the call is made (no copy when `max_attempts` is 1), and the inner service is cloned
+//! into each call's future. Both copies are the only work on the success path besides the
+//! budget's deposit (one clock read and one atomic add), so keep requests cheap to clone
+//! (`Bytes`, `Arc`). A request whose clone does not allocate costs no allocation when the
+//! first attempt succeeds; a call that is retried allocates once, for its retry state (timers,
+//! the failed result), which keeps the future of a successful call small.
 //!
 //! # Errors
 //!
