@@ -12,7 +12,7 @@
 //! | Circuit breaker | [`circuit_breaker`] | available |
 //! | Retry with backoff and budget; HTTP replay, `Retry-After`, idempotency | [`retry`] | available |
 //! | Bulkhead | [`bulkhead`] | available |
-//! | Standard stack | [`stack`] | available (an HTTP variant is planned) |
+//! | Standard stack, generic and HTTP | [`stack`] | available |
 //!
 //! # Example: the standard stack
 //!

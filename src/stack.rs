@@ -31,6 +31,16 @@
 //! # }
 //! ```
 //!
+//! # HTTP
+//!
+//! [`StackLayer::http`] (feature `http`) builds the same stack for HTTP clients: the breaker
+//! counts 5xx responses and errors as failures, retry follows
+//! [`HttpPolicy`](crate::retry::HttpPolicy) (idempotent methods or an `Idempotency-Key`,
+//! `Retry-After`, 408/429/502/503/504), and the outermost stage makes request bodies
+//! replayable. `tests/stack_http.rs` runs it around hyper-util's `Client` against a server that
+//! fails, slows down and refuses connections. Turn its errors into responses with
+//! [`response::error_response`](crate::response::error_response).
+//!
 //! # Why this order
 //!
 //! - The **bulkhead** is outermost, so everything a call does (its retries, their waits)
@@ -502,3 +512,91 @@ impl StackHandle {
         self.breaker.as_ref()
     }
 }
+
+// === HTTP ===
+
+#[cfg(feature = "http")]
+mod http_stack {
+    use super::*;
+    use crate::classify::HttpClassifier;
+    use crate::retry::{HttpPolicy, Replay};
+
+    impl StackLayer {
+        /// Starts building the standard stack for an HTTP client: the breaker counts 5xx and
+        /// errors as failures ([`HttpClassifier`]), retry follows [`HttpPolicy`] (idempotency,
+        /// `Retry-After`, replayable bodies). Finish with
+        /// [`build_http`](StackBuilder::build_http).
+        pub fn http(name: impl Into<Arc<str>>) -> StackBuilder<HttpClassifier, HttpPolicy> {
+            StackLayer::builder(name)
+                .breaker_classifier(HttpClassifier::new())
+                .retry_policy(HttpPolicy::default())
+        }
+    }
+
+    impl StackBuilder<HttpClassifier, HttpPolicy> {
+        /// Validates and builds the HTTP stack: it takes `Request<B>` with any `Unpin` body and
+        /// sends `Request<ReplayBody<B>>` to the inner service (a hyper-util `Client` built for
+        /// that body type, say).
+        ///
+        /// # Errors
+        ///
+        /// As [`build`](Self::build), and a `retry_after_cap` above a day.
+        pub fn build_http(self) -> Result<HttpStackLayer, ConfigError> {
+            let policy = self.retry.as_ref().map(|r| r.policy().clone());
+            let policy = policy.unwrap_or_default();
+            if policy.cap() > Duration::from_secs(24 * 3600) {
+                return Err(ConfigError::new(
+                    "retry",
+                    "retry_after_cap",
+                    "must be at most a day",
+                ));
+            }
+            let name = self.name.clone();
+            Ok(HttpStackLayer {
+                stack: self.build()?,
+                limit: policy.limit(),
+                name,
+            })
+        }
+    }
+
+    /// The standard stack for HTTP clients; built with [`StackLayer::http`].
+    ///
+    /// Outermost, it makes request bodies replayable ([`ReplayBody`](crate::retry::ReplayBody));
+    /// then the stages of [`StackLayer`].
+    #[derive(Clone)]
+    #[must_use]
+    pub struct HttpStackLayer {
+        stack: StackLayer<HttpClassifier, HttpPolicy>,
+        limit: usize,
+        name: Arc<str>,
+    }
+
+    impl HttpStackLayer {
+        /// A handle that reaches every stage's handle.
+        pub fn handle(&self) -> StackHandle {
+            self.stack.handle()
+        }
+    }
+
+    impl<S> Layer<S> for HttpStackLayer {
+        type Service = Replay<StackService<S, HttpClassifier, HttpPolicy>>;
+
+        fn layer(&self, inner: S) -> Self::Service {
+            Replay::new(self.stack.layer(inner), self.limit, self.name.clone())
+        }
+    }
+
+    impl fmt::Debug for HttpStackLayer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("HttpStackLayer")
+                .field("stack", &self.stack)
+                .field("body_limit", &self.limit)
+                .finish()
+        }
+    }
+}
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use self::http_stack::HttpStackLayer;

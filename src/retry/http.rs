@@ -201,6 +201,71 @@ where
     }
 }
 
+/// Makes `request`'s body replayable ([`ReplayBody`]), reporting a body that cannot be.
+fn replayable<B>(request: Request<B>, limit: usize, name: &str) -> Request<ReplayBody<B>>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let request = request.map(|body| ReplayBody::new(body, limit));
+    if !request.body().is_replayable() {
+        tracing::debug!(
+            target: "bulwark::retry",
+            name,
+            limit,
+            "request body not replayable (over the limit, or streaming); sent once"
+        );
+    }
+    request
+}
+
+// === Replay ===
+
+/// Makes request bodies replayable for the retry stage of an HTTP stack: takes `Request<B>`,
+/// sends `Request<ReplayBody<B>>`. [`HttpStackLayer`](crate::stack::HttpStackLayer) puts it
+/// outermost.
+#[derive(Debug, Clone)]
+pub struct Replay<S> {
+    inner: S,
+    limit: usize,
+    name: std::sync::Arc<str>,
+}
+
+impl<S> Replay<S> {
+    pub(crate) fn new(inner: S, limit: usize, name: std::sync::Arc<str>) -> Self {
+        Replay { inner, limit, name }
+    }
+
+    /// Gets a reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Consumes this service, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> tower_service::Service<Request<B>> for Replay<S>
+where
+    S: tower_service::Service<Request<ReplayBody<B>>>,
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> S::Future {
+        self.inner.call(replayable(request, self.limit, &self.name))
+    }
+}
+
 // === HttpRetry ===
 
 /// Retries HTTP calls with [`HttpPolicy`]: takes `Request<B>` with any body, makes the body
@@ -266,15 +331,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let limit = self.retry.policy().limit();
-        let request = request.map(|body| ReplayBody::new(body, limit));
-        if !request.body().is_replayable() {
-            tracing::debug!(
-                target: "bulwark::retry",
-                name = %self.retry.name(),
-                limit,
-                "request body not replayable (over the limit, or streaming); sent once"
-            );
-        }
+        let request = replayable(request, limit, self.retry.name());
         self.retry.call(request)
     }
 }

@@ -206,6 +206,12 @@ pub struct RetryLayerBuilder<C = DefaultClassifier> {
 }
 
 impl<C> RetryLayerBuilder<C> {
+    /// The policy (or classifier) set so far.
+    #[cfg(feature = "http")]
+    pub(crate) fn policy(&self) -> &C {
+        &self.classifier
+    }
+
     /// How many attempts a call may get, the first included (default 3; 1 turns retries off).
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;

@@ -141,7 +141,8 @@ pub use self::budget::RetryBudget;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::http::{
-    parse_retry_after, Attempts, HttpPolicy, HttpRetry, HttpRetryLayer, ReplayBody, IDEMPOTENCY_KEY,
+    parse_retry_after, Attempts, HttpPolicy, HttpRetry, HttpRetryLayer, Replay, ReplayBody,
+    IDEMPOTENCY_KEY,
 };
 pub use self::layer::{RetryHandle, RetryLayer, RetryLayerBuilder};
 
