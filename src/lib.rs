@@ -77,6 +77,13 @@
 //!   [`response::error_response`], which turns any bulwark error into a 502/503/504 with a
 //!   problem+json body.
 //!
+//! - `metrics`: counters and gauges through the [`metrics`](https://docs.rs/metrics) facade:
+//!   `bulwark_calls_total{name,outcome}`, `bulwark_circuit_state{name}` (0 closed, 1 open,
+//!   2 half-open, 3 forced open, 4 forced closed, 5 disabled), `bulwark_retries_total{name}`,
+//!   `bulwark_bulkhead_in_flight{name}` and `bulwark_rejections_total{name,reason}` (reason
+//!   `circuit_open`, `bulkhead_full` or `retry_budget`). Handles are registered when a layer is
+//!   built: install the recorder first.
+//!
 //! # Minimum supported Rust version
 //!
 //! The MSRV is 1.85, the MSRV of the tokio version bulwark builds with (declared in
@@ -91,6 +98,7 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod error;
+mod meter;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod response;

@@ -127,11 +127,14 @@ pub(crate) struct Shared {
     rejected: AtomicU64,
     peak_in_flight: AtomicUsize,
     waiting: AtomicUsize,
+    meters: crate::meter::BulkheadMeters,
 }
 
 impl Shared {
     pub(crate) fn new(name: Arc<str>, max_concurrent: usize, max_wait: Duration) -> Self {
+        let meters = crate::meter::BulkheadMeters::new(&name);
         Shared {
+            meters,
             name,
             max_concurrent,
             max_wait,
@@ -218,6 +221,7 @@ impl Shared {
 
     #[inline]
     fn note_in_flight(&self, in_flight: usize) {
+        self.meters.admitted();
         // Load first: the common case (no new peak) then writes nothing shared.
         if in_flight > self.peak_in_flight.load(Ordering::Relaxed) {
             self.peak_in_flight.fetch_max(in_flight, Ordering::Relaxed);
@@ -226,6 +230,7 @@ impl Shared {
 
     #[inline]
     fn release(&self) {
+        self.meters.released();
         match &self.slots {
             Slots::Counter(taken) => {
                 taken.fetch_sub(1, Ordering::Release);
@@ -236,6 +241,7 @@ impl Shared {
 
     fn reject(&self) -> BulkheadFull {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.meters.rejected();
         tracing::debug!(
             target: "bulwark::bulkhead",
             name = %self.name,

@@ -114,6 +114,7 @@ pub(crate) struct Core {
     trips: AtomicU32,
     rng: AtomicU64,
     counters: CacheLine<Counters>,
+    meters: crate::meter::BreakerMeters,
     /// A slow-call rule or a time window is set: calls are timed.
     needs_clock: bool,
     /// A rate window is set: every outcome is recorded, not only failures.
@@ -124,6 +125,8 @@ impl Core {
     pub(crate) fn new(name: Arc<str>, policy: Policy) -> Self {
         let policy_needs_clock = policy.slow.is_some() || policy.time.is_some();
         let policy_has_windows = policy.count.is_some() || policy.time.is_some();
+        let meters = crate::meter::BreakerMeters::new(&name);
+        meters.state(CircuitState::Closed);
         Core {
             count: policy.count.map(|c| CountWindow::new(c.size)),
             time: policy.time.map(|t| TimeWindow::new(t.span, t.buckets)),
@@ -134,6 +137,7 @@ impl Core {
             word: CacheLine(AtomicU64::new(Word::initial().raw())),
             trips: AtomicU32::new(0),
             counters: CacheLine(Counters::default()),
+            meters,
             needs_clock: policy_needs_clock,
             has_windows: policy_has_windows,
         }
@@ -233,6 +237,7 @@ impl Core {
     /// Counts a rejection made by the service, and reports it.
     pub(crate) fn rejected(&self, error: &CircuitOpen) {
         self.counters.rejections.fetch_add(1, Ordering::Relaxed);
+        self.meters.rejected();
         tracing::debug!(
             target: "bulwark::circuit_breaker",
             name = %self.name,
@@ -275,6 +280,7 @@ impl Core {
         now: Option<Instant>,
     ) {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        self.meters.call(outcome);
         // The common case, a success while Closed with no failure streak and no window to
         // feed (and no slow-call rule, as windows come with it): one load, nothing written.
         if let (Pass::Closed(generation), Outcome::Success, false) =
@@ -518,6 +524,7 @@ impl Core {
 
     fn transitioned(&self, from: Word, to: Word, reason: Reason) {
         self.counters.transitions.fetch_add(1, Ordering::Relaxed);
+        self.meters.state(to.state());
         if (from.state() == CircuitState::Closed) != (to.state() == CircuitState::Closed) {
             // Each Closed period starts with empty windows: cleared when the breaker leaves
             // Closed, and again when it comes back, so an outcome recorded late by a call of

@@ -27,6 +27,7 @@ pub(crate) struct Shared {
     seeds: AtomicU64,
     retries: AtomicU64,
     gave_up: AtomicU64,
+    meters: crate::meter::RetryMeters,
 }
 
 impl Shared {
@@ -42,6 +43,7 @@ impl Shared {
 
     pub(crate) fn retried(&self, attempt: u32, delay: Duration, reason: &'static str) {
         self.retries.fetch_add(1, Ordering::Relaxed);
+        self.meters.retried();
         tracing::debug!(
             target: "bulwark::retry",
             name = %self.name,
@@ -54,6 +56,9 @@ impl Shared {
 
     pub(crate) fn gave_up(&self, attempts: u32, reason: GaveUp) {
         self.gave_up.fetch_add(1, Ordering::Relaxed);
+        if reason == GaveUp::Budget {
+            self.meters.budget_spent();
+        }
         tracing::debug!(
             target: "bulwark::retry",
             name = %self.name,
@@ -318,8 +323,10 @@ impl<C> RetryLayerBuilder<C> {
             static BUILT: AtomicU64 = AtomicU64::new(0x853C_49E6_748F_EA9B);
             BUILT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
         });
+        let meters = crate::meter::RetryMeters::new(&self.name);
         Ok(RetryLayer {
             shared: Arc::new(Shared {
+                meters,
                 name: self.name,
                 max_attempts: self.max_attempts,
                 backoff: Backoff {
