@@ -33,9 +33,10 @@
 //!
 //! A `RetriesExhausted` for any other reason maps by its last error, which is its `source()`.
 //!
-//! The body's `detail` is the rejection's own message (a name and a duration: nothing
-//! internal), or, for the downstream's own errors, a fixed sentence: their text (addresses,
-//! paths, library messages) is not passed on to the caller.
+//! The body's `detail` is the rejection's own message, which holds only configuration a client
+//! may see (a layer's name, its cap or timeout, the time to the next probe), or, for the
+//! downstream's own errors and a spent budget, a fixed sentence: the downstream's error text
+//! (addresses, paths, library messages) is not passed on to the caller.
 
 use std::error::Error;
 use std::fmt::Write as _;
@@ -101,12 +102,12 @@ pub fn error_response_with(
     fallback: StatusCode,
 ) -> Response<String> {
     let kind = error_kind(err, fallback);
-    let detail = match rejection(err) {
-        Some(rejection) if kind.reason != "downstream_error" => rejection.to_string(),
-        _ if kind.reason == "retry_budget_exhausted" => {
+    let detail = match (kind.reason, rejection(err)) {
+        ("retry_budget_exhausted", _) => {
             "the retry budget is spent; the downstream is failing".to_owned()
         }
-        _ => "the downstream call failed".to_owned(),
+        ("downstream_error", _) | (_, None) => "the downstream call failed".to_owned(),
+        (_, Some(rejection)) => rejection.to_string(),
     };
     let mut body = String::with_capacity(160);
     body.push_str("{\"type\":\"about:blank\",\"title\":");

@@ -56,7 +56,8 @@
 //!
 //! For an HTTP-like client: a bulkhead of 100 calls (reject at once when full); a total
 //! timeout of 30 s; 3 attempts with backoff from 200 ms doubling to 5 s, decorrelated jitter,
-//! and the default retry budget; a breaker tripping on 5 consecutive failures or on half of
+//! and the default retry budget (with a 10 s attempt timeout, a third slow attempt is cut by
+//! the 30 s total: the caller gets a 504); a breaker tripping on 5 consecutive failures or on half of
 //! the last 100 calls (once 20 were seen), open 30 s; an attempt timeout of 10 s. (A count
 //! window, not a time window, by default: it needs no clock read per call.) Every
 //! stage is named after the stack, so events and errors say which downstream they are about.
@@ -218,20 +219,31 @@ impl StackLayer {
             max_concurrent: Some(100),
             bulkhead_wait: Duration::ZERO,
             total_timeout: Some(Duration::from_secs(30)),
-            retry: Some(RetryLayer::builder(name.clone()).max_attempts(3).backoff(
-                Duration::from_millis(200),
-                2.0,
-                Duration::from_secs(5),
-            )),
-            breaker: Some(
-                CircuitBreakerLayer::builder(name.clone())
-                    .consecutive_failures(5)
-                    .failure_rate_over_calls(0.5, 100, 20),
-            ),
+            retry: Some(default_retry(&name, DefaultClassifier::new())),
+            retry_policy: DefaultClassifier::new(),
+            breaker: Some(default_breaker(&name, DefaultClassifier::new())),
+            breaker_classifier: DefaultClassifier::new(),
             attempt_timeout: Some(Duration::from_secs(10)),
             name,
         }
     }
+}
+
+/// The stack's retry stage by default: 3 attempts, backoff from 200 ms doubling to 5 s.
+fn default_retry<P>(name: &Arc<str>, policy: P) -> RetryLayerBuilder<P> {
+    RetryLayer::builder(name.clone())
+        .classifier(policy)
+        .max_attempts(3)
+        .backoff(Duration::from_millis(200), 2.0, Duration::from_secs(5))
+}
+
+/// The stack's breaker by default: 5 consecutive failures, or half of the last 100 calls once
+/// 20 were seen.
+fn default_breaker<C>(name: &Arc<str>, classifier: C) -> CircuitBreakerLayerBuilder<C> {
+    CircuitBreakerLayer::builder(name.clone())
+        .classifier(classifier)
+        .consecutive_failures(5)
+        .failure_rate_over_calls(0.5, 100, 20)
 }
 
 impl<C, P> StackLayer<C, P> {
@@ -297,7 +309,10 @@ pub struct StackBuilder<C = DefaultClassifier, P = DefaultClassifier> {
     bulkhead_wait: Duration,
     total_timeout: Option<Duration>,
     retry: Option<RetryLayerBuilder<P>>,
+    // Kept apart from the stage, so switching the stage off and on again keeps it.
+    retry_policy: P,
     breaker: Option<CircuitBreakerLayerBuilder<C>>,
+    breaker_classifier: C,
     attempt_timeout: Option<Duration>,
 }
 
@@ -309,6 +324,8 @@ impl<C, P> StackBuilder<C, P> {
     }
 
     /// How long a call may wait for a bulkhead slot (default zero: reject at once).
+    ///
+    /// The bulkhead is outside the total timeout, so this wait comes on top of it.
     pub fn bulkhead_wait(mut self, max_wait: Duration) -> Self {
         self.bulkhead_wait = max_wait;
         self
@@ -332,14 +349,14 @@ impl<C, P> StackBuilder<C, P> {
         self
     }
 
-    /// Tunes the retry stage (turning it on again if it was off, from the defaults).
+    /// Tunes the retry stage (turning it on again, from the stack's defaults, if it was off).
     pub fn retry(mut self, tune: impl FnOnce(RetryLayerBuilder<P>) -> RetryLayerBuilder<P>) -> Self
     where
-        P: Default,
+        P: Clone,
     {
         let current = match self.retry.take() {
             Some(current) => current,
-            None => RetryLayer::builder(self.name.clone()).classifier(P::default()),
+            None => default_retry(&self.name, self.retry_policy.clone()),
         };
         self.retry = Some(tune(current));
         self
@@ -351,18 +368,18 @@ impl<C, P> StackBuilder<C, P> {
         self
     }
 
-    /// Tunes the circuit-breaker stage (turning it on again if it was off, from the breaker's
-    /// own defaults).
+    /// Tunes the circuit-breaker stage (turning it on again, from the stack's defaults, if it
+    /// was off).
     pub fn circuit_breaker(
         mut self,
         tune: impl FnOnce(CircuitBreakerLayerBuilder<C>) -> CircuitBreakerLayerBuilder<C>,
     ) -> Self
     where
-        C: Default,
+        C: Clone,
     {
         let current = match self.breaker.take() {
             Some(current) => current,
-            None => CircuitBreakerLayer::builder(self.name.clone()).classifier(C::default()),
+            None => default_breaker(&self.name, self.breaker_classifier.clone()),
         };
         self.breaker = Some(tune(current));
         self
@@ -387,27 +404,31 @@ impl<C, P> StackBuilder<C, P> {
     }
 
     /// What the breaker counts as a failure (default: every `Err`).
-    pub fn breaker_classifier<C2>(self, classifier: C2) -> StackBuilder<C2, P> {
+    pub fn breaker_classifier<C2: Clone>(self, classifier: C2) -> StackBuilder<C2, P> {
         StackBuilder {
             name: self.name,
             max_concurrent: self.max_concurrent,
             bulkhead_wait: self.bulkhead_wait,
             total_timeout: self.total_timeout,
             retry: self.retry,
-            breaker: self.breaker.map(|b| b.classifier(classifier)),
+            retry_policy: self.retry_policy,
+            breaker: self.breaker.map(|b| b.classifier(classifier.clone())),
+            breaker_classifier: classifier,
             attempt_timeout: self.attempt_timeout,
         }
     }
 
     /// What retry retries (default: every `Err`); any [`RetryPolicy`](crate::retry::RetryPolicy).
-    pub fn retry_policy<P2>(self, policy: P2) -> StackBuilder<C, P2> {
+    pub fn retry_policy<P2: Clone>(self, policy: P2) -> StackBuilder<C, P2> {
         StackBuilder {
             name: self.name,
             max_concurrent: self.max_concurrent,
             bulkhead_wait: self.bulkhead_wait,
             total_timeout: self.total_timeout,
-            retry: self.retry.map(|r| r.classifier(policy)),
+            retry: self.retry.map(|r| r.classifier(policy.clone())),
+            retry_policy: policy,
             breaker: self.breaker,
+            breaker_classifier: self.breaker_classifier,
             attempt_timeout: self.attempt_timeout,
         }
     }
@@ -542,8 +563,10 @@ mod http_stack {
         ///
         /// As [`build`](Self::build), and a `retry_after_cap` above a day.
         pub fn build_http(self) -> Result<HttpStackLayer, ConfigError> {
-            let policy = self.retry.as_ref().map(|r| r.policy().clone());
-            let policy = policy.unwrap_or_default();
+            let policy = match &self.retry {
+                Some(retry) => retry.policy().clone(),
+                None => self.retry_policy.clone(),
+            };
             if policy.cap() > Duration::from_secs(24 * 3600) {
                 return Err(ConfigError::new(
                     "retry",

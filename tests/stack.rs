@@ -226,6 +226,79 @@ mod builder {
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_total_timeout_bounds_all_attempts_together() {
+        let down = Downstream::default();
+        down.delay_ms.store(60_000, Ordering::SeqCst);
+        let stack = StackLayer::builder("inventory")
+            .total_timeout(Duration::from_millis(1_500))
+            .retry(|r| {
+                r.backoff(Duration::from_millis(100), 2.0, Duration::from_secs(1))
+                    .jitter(Jitter::None)
+            })
+            .circuit_breaker(|b| b.consecutive_failures(2))
+            .attempt_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let handle = stack.handle();
+        let calls = down.calls.clone();
+        let svc = stack.layer(service_fn(move |x: u32| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, BoxError>(x)
+            }
+        }));
+        let started = time::Instant::now();
+        let err = svc.oneshot(1).await.unwrap_err();
+        assert!(
+            err.is::<bulwark::timeout::error::Elapsed>(),
+            "the total timeout's own error"
+        );
+        // Attempt 1 times out at 1 s; attempt 2 starts at 1.1 s and the total cuts it at 1.5 s.
+        assert_eq!(started.elapsed(), Duration::from_millis(1_500));
+        assert_eq!(down.calls.load(Ordering::SeqCst), 2);
+        // The first attempt's timeout counted as a failure; the second attempt, cut by the
+        // total, counts for nothing.
+        let breaker = handle.circuit_breaker().unwrap();
+        assert_eq!(
+            (breaker.state(), breaker.consecutive_failures()),
+            (CircuitState::Closed, 1)
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_bulkhead_holds_a_call_through_its_retries() {
+        let down = Downstream::default();
+        down.delay_ms.store(60_000, Ordering::SeqCst);
+        let stack = StackLayer::builder("inventory")
+            .max_concurrent(1)
+            .no_circuit_breaker()
+            .build()
+            .unwrap();
+        let handle = stack.handle();
+        let calls = down.calls.clone();
+        let svc = stack.layer(service_fn(move |x: u32| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, BoxError>(x)
+            }
+        }));
+        let first = tokio::spawn(svc.clone().oneshot(1));
+        // Past the first attempt's timeout, into the retries: still one slot taken.
+        time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(handle.bulkhead().unwrap().in_flight(), 1);
+        let err = svc.clone().oneshot(2).await.unwrap_err();
+        let kind = bulwark::response::error_kind(&*err, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            (kind.status, kind.reason),
+            (StatusCode::SERVICE_UNAVAILABLE, "bulkhead_full")
+        );
+        first.await.unwrap().unwrap_err();
+        assert_eq!(handle.bulkhead().unwrap().in_flight(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_hung_downstream_is_cut_at_each_attempt_and_by_the_total() {
         let down = Downstream::default();
         down.delay_ms.store(60_000, Ordering::SeqCst);

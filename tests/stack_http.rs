@@ -24,6 +24,8 @@ use tower::{Layer, Service, ServiceExt};
 const OK: u8 = 0;
 const FAIL: u8 = 1;
 const SLOW: u8 = 2;
+/// Fail the next request with a 503, then answer normally.
+const FAIL_ONCE: u8 = 3;
 
 #[derive(Clone, Default)]
 struct Fault {
@@ -46,6 +48,10 @@ async fn serve(fault: Fault) -> String {
         fault.calls.fetch_add(1, Ordering::SeqCst);
         match fault.mode.load(Ordering::SeqCst) {
             FAIL => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+            FAIL_ONCE => {
+                fault.mode.store(OK, Ordering::SeqCst);
+                (StatusCode::SERVICE_UNAVAILABLE, "down").into_response()
+            }
             SLOW => {
                 time::sleep(Duration::from_secs(60)).await;
                 "late".into_response()
@@ -187,4 +193,27 @@ async fn a_post_that_got_a_503_is_not_retried() {
     let response = send(&svc, Method::POST, &uri).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(fault.calls(), 1);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_post_with_an_idempotency_key_is_retried_with_its_body() {
+    use http_body_util::BodyExt;
+    let fault = Fault::default();
+    let uri = serve(fault.clone()).await;
+    let svc = stack().layer(client());
+    fault.set(FAIL_ONCE);
+    let req = Request::post(&uri)
+        .header("idempotency-key", "order-7")
+        .body(Full::new(Bytes::from_static(b"{\"sku\":\"a\"}")))
+        .unwrap();
+    let response = svc.oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        &body[..],
+        b"ok 11",
+        "the whole 11-byte body reached the server again"
+    );
+    assert_eq!(fault.calls(), 2);
 }
