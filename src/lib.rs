@@ -94,6 +94,27 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// `get_ref`, `get_mut` and `into_inner` for a service whose inner service is `self.inner`.
+macro_rules! inner_service_accessors {
+    () => {
+        /// Gets a reference to the inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// Gets a mutable reference to the inner service.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// Consumes this service, returning the inner service (and releasing anything the
+        /// service held, such as a bulkhead slot or a half-open probe slot).
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;

@@ -174,21 +174,7 @@ impl<S, C> CircuitBreaker<S, C> {
         CircuitBreakerHandle::new(self.core.clone())
     }
 
-    /// Gets a reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// Gets a mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes this service, returning the inner service (and giving back any probe slot it
-    /// held).
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 
     fn decide(&self) -> Admission {
         match self.core.admit(Instant::now) {
