@@ -29,6 +29,39 @@ struct Downstream {
     calls: Arc<AtomicU32>,
 }
 
+impl Downstream {
+    /// The downstream as a service: counts the call, waits `delay_ms`, then fails or doubles.
+    fn service(
+        &self,
+    ) -> impl tower::Service<
+        u32,
+        Response = u32,
+        Error = BoxError,
+        Future = impl std::future::Future<Output = Result<u32, BoxError>> + Send,
+    > + Clone
+           + Send
+           + Sync
+           + 'static {
+        let down = self.clone();
+        service_fn(move |x: u32| {
+            let down = down.clone();
+            async move {
+                down.calls.fetch_add(1, Ordering::SeqCst);
+                let failing = down.failing.load(Ordering::SeqCst);
+                let delay = down.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    time::sleep(Duration::from_millis(delay)).await;
+                }
+                if failing {
+                    Err::<u32, BoxError>(Box::new(std::io::Error::other("refused by 10.1.2.3")))
+                } else {
+                    Ok(x * 2)
+                }
+            }
+        })
+    }
+}
+
 type Client = BoxCloneSyncService<u32, u32, BoxError>;
 
 /// The client stack, in order, with a comment per layer as a user would write it.
@@ -39,7 +72,6 @@ fn client(down: &Downstream) -> (Client, CircuitBreakerHandle) {
         .build()
         .unwrap();
     let handle = breaker.handle();
-    let down = down.clone();
     let stack = ServiceBuilder::new()
         // At most 16 calls in flight to this downstream, across every clone: reject the rest.
         .layer(
@@ -63,22 +95,7 @@ fn client(down: &Downstream) -> (Client, CircuitBreakerHandle) {
         .layer(breaker)
         // One attempt's limit: a hung attempt is a failure the breaker sees and retry retries.
         .layer(TimeoutLayer::new(Duration::from_secs(1)))
-        .service(service_fn(move |x: u32| {
-            let down = down.clone();
-            async move {
-                down.calls.fetch_add(1, Ordering::SeqCst);
-                let failing = down.failing.load(Ordering::SeqCst);
-                let delay = down.delay_ms.load(Ordering::SeqCst);
-                if delay > 0 {
-                    time::sleep(Duration::from_millis(delay)).await;
-                }
-                if failing {
-                    Err::<u32, BoxError>(Box::new(std::io::Error::other("refused by 10.1.2.3")))
-                } else {
-                    Ok(x * 2)
-                }
-            }
-        }));
+        .service(down.service());
     (BoxCloneSyncService::new(stack), handle)
 }
 
@@ -179,22 +196,7 @@ mod builder {
             .build()
             .unwrap();
         let handle = stack.handle();
-        let down = down.clone();
-        let svc = stack.layer(service_fn(move |x: u32| {
-            let down = down.clone();
-            async move {
-                down.calls.fetch_add(1, Ordering::SeqCst);
-                let delay = down.delay_ms.load(Ordering::SeqCst);
-                if delay > 0 {
-                    time::sleep(Duration::from_millis(delay)).await;
-                }
-                if down.failing.load(Ordering::SeqCst) {
-                    Err::<u32, BoxError>("down".into())
-                } else {
-                    Ok(x * 2)
-                }
-            }
-        }));
+        let svc = stack.layer(down.service());
         (BoxCloneSyncService::new(svc), handle)
     }
 
@@ -240,14 +242,7 @@ mod builder {
             .build()
             .unwrap();
         let handle = stack.handle();
-        let calls = down.calls.clone();
-        let svc = stack.layer(service_fn(move |x: u32| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            async move {
-                time::sleep(Duration::from_secs(60)).await;
-                Ok::<_, BoxError>(x)
-            }
-        }));
+        let svc = stack.layer(down.service());
         let started = time::Instant::now();
         let err = svc.oneshot(1).await.unwrap_err();
         assert!(
@@ -276,14 +271,7 @@ mod builder {
             .build()
             .unwrap();
         let handle = stack.handle();
-        let calls = down.calls.clone();
-        let svc = stack.layer(service_fn(move |x: u32| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            async move {
-                time::sleep(Duration::from_secs(60)).await;
-                Ok::<_, BoxError>(x)
-            }
-        }));
+        let svc = stack.layer(down.service());
         let first = tokio::spawn(svc.clone().oneshot(1));
         // Past the first attempt's timeout, into the retries: still one slot taken.
         time::sleep(Duration::from_millis(10_500)).await;
