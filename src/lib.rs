@@ -115,9 +115,13 @@ macro_rules! inner_service_accessors {
     };
 }
 
+mod builder;
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod config;
 pub mod error;
 mod meter;
 #[cfg(feature = "http")]
@@ -128,6 +132,7 @@ pub mod stack;
 pub mod timeout;
 mod window;
 
+pub use crate::builder::ServiceBuilderExt;
 pub use crate::bulkhead::{Bulkhead, BulkheadLayer};
 pub use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use crate::error::BoxError;

@@ -39,7 +39,9 @@
 //! (addresses, paths, library messages) is not passed on to the caller.
 
 use std::error::Error;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::future::{ready, Ready};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -47,6 +49,7 @@ use http::{Response, StatusCode};
 
 use crate::error::{find, rejection, Rejection};
 use crate::retry::error::{GaveUp, RetriesExhausted};
+use crate::BoxError;
 
 /// What an error means for the caller, as [`error_response`] reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +139,134 @@ pub fn error_response_with(
     response
 }
 
+/// A function for axum's `HandleErrorLayer` that answers every error of the stack named
+/// `stack` with [`error_response`]:
+///
+/// ```
+/// use axum::{error_handling::HandleErrorLayer, routing::get, Router};
+/// use bulwark::{response::handle_error, BoxError, BulkheadLayer};
+/// use tower::ServiceBuilder;
+///
+/// # fn app() -> Result<Router, BoxError> {
+/// let app = Router::new().route("/", get(|| async { "ok" })).layer(
+///     ServiceBuilder::new()
+///         .layer(HandleErrorLayer::new(handle_error("inventory")))
+///         .layer(BulkheadLayer::builder("inventory").max_concurrent(64).build()?),
+/// );
+/// # Ok(app)
+/// # }
+/// # app().unwrap();
+/// ```
+pub fn handle_error(
+    stack: impl Into<Arc<str>>,
+) -> impl Fn(BoxError) -> Ready<Response<String>> + Clone + Send + Sync + 'static {
+    let stack: Arc<str> = stack.into();
+    move |err: BoxError| ready(error_response(&stack, &*err))
+}
+
+/// An error from the bulwark stack named by [`stack`](Self::stack), on its way to becoming a
+/// response: with the `axum` feature it is an `IntoResponse`, so a handler that calls a
+/// downstream through a stack can use `?`:
+///
+/// ```
+/// # #[cfg(feature = "axum")]
+/// # mod with_axum {
+/// use bulwark::response::StackError;
+/// use bulwark::BoxError;
+/// use tower::{Service, ServiceExt};
+///
+/// async fn stock<S>(mut inventory: S) -> Result<String, StackError>
+/// where
+///     S: Service<&'static str, Response = String, Error = BoxError>,
+/// {
+///     let ready = inventory.ready().await.map_err(|e| StackError::new("inventory", e))?;
+///     ready.call("sku-1").await.map_err(|e| StackError::new("inventory", e))
+/// }
+/// # }
+/// ```
+///
+/// Its `Display` is the underlying error's; its [`source`](Error::source) is the underlying
+/// error, so [`find`] and [`rejection`] work through it.
+pub struct StackError {
+    stack: Arc<str>,
+    error: BoxError,
+    fallback: StatusCode,
+}
+
+impl StackError {
+    /// Wraps `error`, which came from the stack named `stack`. The downstream's own errors map
+    /// to 502 unless [`fallback`](Self::fallback) says otherwise.
+    pub fn new(stack: impl Into<Arc<str>>, error: impl Into<BoxError>) -> Self {
+        StackError {
+            stack: stack.into(),
+            error: error.into(),
+            fallback: StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Sets the status for the downstream's own errors (say 500 for a server-side stack).
+    #[must_use]
+    pub fn fallback(mut self, status: StatusCode) -> Self {
+        self.fallback = status;
+        self
+    }
+
+    /// The stack's name.
+    pub fn stack(&self) -> &str {
+        &self.stack
+    }
+
+    /// The underlying error.
+    pub fn error(&self) -> &(dyn Error + Send + Sync + 'static) {
+        &*self.error
+    }
+
+    /// Gives back the underlying error.
+    pub fn into_error(self) -> BoxError {
+        self.error
+    }
+
+    /// What the error means for the caller.
+    pub fn kind(&self) -> ErrorKind {
+        error_kind(&*self.error, self.fallback)
+    }
+
+    /// The response, as [`error_response_with`] gives it.
+    pub fn to_response(&self) -> Response<String> {
+        error_response_with(&self.stack, &*self.error, self.fallback)
+    }
+}
+
+impl fmt::Debug for StackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackError")
+            .field("stack", &self.stack)
+            .field("error", &self.error)
+            .field("fallback", &self.fallback)
+            .finish()
+    }
+}
+
+impl fmt::Display for StackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.stack, self.error)
+    }
+}
+
+impl Error for StackError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.error)
+    }
+}
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+impl axum_core::response::IntoResponse for StackError {
+    fn into_response(self) -> axum_core::response::Response {
+        self.to_response().into_response()
+    }
+}
+
 /// Appends `s` as a JSON string literal.
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
@@ -162,7 +293,6 @@ mod tests {
     use crate::circuit_breaker::error::CircuitOpen;
     use crate::circuit_breaker::CircuitState;
     use crate::timeout::error::Elapsed;
-    use crate::BoxError;
 
     fn io(msg: &str) -> BoxError {
         Box::new(std::io::Error::other(msg.to_owned()))

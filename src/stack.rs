@@ -433,15 +433,8 @@ impl<C, P> StackBuilder<C, P> {
         }
     }
 
-    /// Validates every stage and how they fit together, and builds the stack.
-    ///
-    /// # Errors
-    ///
-    /// The [`ConfigError`] of the first invalid stage (its component says which), or one with
-    /// component `stack` for a contradiction between stages: `attempt_timeout` above
-    /// `total_timeout`, a zero timeout, or a breaker time window shorter than two attempt
-    /// timeouts.
-    pub fn build(self) -> Result<StackLayer<C, P>, ConfigError> {
+    /// Checks the configuration, as [`build`](Self::build) does, without building anything.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let err = |field, problem| Err(ConfigError::new(COMPONENT, field, problem));
         if self.total_timeout.is_some_and(|t| t.is_zero()) {
             return err("total_timeout", "must be greater than zero");
@@ -465,6 +458,37 @@ impl<C, P> StackBuilder<C, P> {
                 );
             }
         }
+        if let Some(n) = self.max_concurrent {
+            BulkheadLayer::builder(self.name.clone())
+                .max_concurrent(n)
+                .validate()?;
+        }
+        if let Some(retry) = &self.retry {
+            retry.validate()?;
+        }
+        if let Some(breaker) = &self.breaker {
+            breaker.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Turns the bulkhead stage on with the default cap, if it was off.
+    #[cfg(feature = "serde")]
+    pub(crate) fn bulkhead_on(mut self) -> Self {
+        self.max_concurrent.get_or_insert(100);
+        self
+    }
+
+    /// Validates every stage and how they fit together, and builds the stack.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of the first invalid stage (its component says which), or one with
+    /// component `stack` for a contradiction between stages: `attempt_timeout` above
+    /// `total_timeout`, a zero timeout, or a breaker time window shorter than two attempt
+    /// timeouts.
+    pub fn build(self) -> Result<StackLayer<C, P>, ConfigError> {
+        self.validate()?;
         let bulkhead = match self.max_concurrent {
             Some(n) => Some(
                 BulkheadLayer::builder(self.name.clone())

@@ -79,6 +79,18 @@ impl BulkheadLayerBuilder {
         self
     }
 
+    /// Checks the configuration, as [`build`](Self::build) does, and returns the cap.
+    pub(crate) fn validate(&self) -> Result<usize, ConfigError> {
+        const COMPONENT: &str = "bulkhead";
+        let problem = match self.max_concurrent {
+            None => "must be set",
+            Some(0) => "must be greater than zero",
+            Some(n) if n > Semaphore::MAX_PERMITS => "must be at most usize::MAX >> 3",
+            Some(n) => return Ok(n),
+        };
+        Err(ConfigError::new(COMPONENT, "max_concurrent", problem))
+    }
+
     /// Validates the configuration and creates the layer, with its shared slots.
     ///
     /// # Errors
@@ -86,25 +98,7 @@ impl BulkheadLayerBuilder {
     /// A [`ConfigError`] naming the field when `max_concurrent` was not set, is zero, or is
     /// above the largest number of slots a semaphore can hold (`usize::MAX >> 3`).
     pub fn build(self) -> Result<BulkheadLayer, ConfigError> {
-        const COMPONENT: &str = "bulkhead";
-        let max_concurrent = match self.max_concurrent {
-            None => return Err(ConfigError::new(COMPONENT, "max_concurrent", "must be set")),
-            Some(0) => {
-                return Err(ConfigError::new(
-                    COMPONENT,
-                    "max_concurrent",
-                    "must be greater than zero",
-                ))
-            }
-            Some(n) if n > Semaphore::MAX_PERMITS => {
-                return Err(ConfigError::new(
-                    COMPONENT,
-                    "max_concurrent",
-                    "must be at most usize::MAX >> 3",
-                ))
-            }
-            Some(n) => n,
-        };
+        let max_concurrent = self.validate()?;
         Ok(BulkheadLayer {
             shared: Arc::new(Shared::new(self.name, max_concurrent, self.max_wait)),
         })

@@ -259,12 +259,40 @@ impl<C> CircuitBreakerLayerBuilder<C> {
         ))
     }
 
+    /// Turns the rule of [`failure_rate_over_calls`](Self::failure_rate_over_calls) off.
+    #[cfg(feature = "serde")]
+    pub(crate) fn no_failure_rate_over_calls(mut self) -> Self {
+        self.count = None;
+        self
+    }
+
+    /// Turns the rule of [`failure_rate_over_time`](Self::failure_rate_over_time) off.
+    #[cfg(feature = "serde")]
+    pub(crate) fn no_failure_rate_over_time(mut self) -> Self {
+        self.time = None;
+        self
+    }
+
+    /// Turns the slow-call rule off.
+    #[cfg(feature = "serde")]
+    pub(crate) fn no_slow_calls(mut self) -> Self {
+        self.slow = None;
+        self
+    }
+
+    /// Turns the break's backoff off.
+    #[cfg(feature = "serde")]
+    pub(crate) fn no_break_backoff(mut self) -> Self {
+        self.backoff = None;
+        self
+    }
+
     /// The span of the time window, if one is set (for the standard stack's checks).
     pub(crate) fn time_window_span(&self) -> Option<Duration> {
         self.time.map(|t| t.span)
     }
 
-    fn validate(&self) -> Result<Policy, ConfigError> {
+    pub(crate) fn validate(&self) -> Result<Policy, ConfigError> {
         let err = |field, problem| Err(ConfigError::new(COMPONENT, field, problem));
         let rate_ok = |r: f64| r.is_finite() && r > 0.0 && r <= 1.0;
 

@@ -287,14 +287,8 @@ impl<C> RetryLayerBuilder<C> {
         }
     }
 
-    /// Validates the configuration and creates the layer, with its shared budget.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] naming the first invalid field: zero attempts, a zero base, a factor
-    /// below 1 (or NaN), a cap below the base, a zero deadline, or a budget with a negative or
-    /// non-finite ratio or a window under 10 ms.
-    pub fn build(self) -> Result<RetryLayer<C>, ConfigError> {
+    /// Checks the configuration, as [`build`](Self::build) does, without building.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let err = |field, problem| Err(ConfigError::new(COMPONENT, field, problem));
         if self.max_attempts == 0 {
             return err("max_attempts", "must be at least 1 (the first attempt)");
@@ -319,6 +313,25 @@ impl<C> RetryLayerBuilder<C> {
                 return err("budget.window", "must be between 10 ms and about 49 days");
             }
         }
+        Ok(())
+    }
+
+    /// No deadline.
+    #[cfg(feature = "serde")]
+    pub(crate) fn no_deadline(mut self) -> Self {
+        self.deadline = None;
+        self
+    }
+
+    /// Validates the configuration and creates the layer, with its shared budget.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid field: zero attempts, a zero base, a factor
+    /// below 1 (or NaN), a cap below the base, a zero deadline, or a budget with a negative or
+    /// non-finite ratio or a window under 10 ms.
+    pub fn build(self) -> Result<RetryLayer<C>, ConfigError> {
+        self.validate()?;
         let seed = self.seed.unwrap_or_else(|| {
             static BUILT: AtomicU64 = AtomicU64::new(0x853C_49E6_748F_EA9B);
             BUILT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
