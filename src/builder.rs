@@ -101,5 +101,5 @@ mod sealed {
     pub trait StackLayers {}
     impl<C, P> StackLayers for crate::stack::StackLayer<C, P> {}
     #[cfg(feature = "http")]
-    impl StackLayers for crate::stack::HttpStackLayer {}
+    impl<C> StackLayers for crate::stack::HttpStackLayer<C> {}
 }

@@ -105,13 +105,7 @@ pub fn error_response_with(
     fallback: StatusCode,
 ) -> Response<String> {
     let kind = error_kind(err, fallback);
-    let detail = match (kind.reason, rejection(err)) {
-        ("retry_budget_exhausted", _) => {
-            "the retry budget is spent; the downstream is failing".to_owned()
-        }
-        ("downstream_error", _) | (_, None) => "the downstream call failed".to_owned(),
-        (_, Some(rejection)) => rejection.to_string(),
-    };
+    let detail = detail(&kind, err);
     let mut body = String::with_capacity(160);
     body.push_str("{\"type\":\"about:blank\",\"title\":");
     json_string(&mut body, kind.status.canonical_reason().unwrap_or("Error"));
@@ -137,6 +131,52 @@ pub fn error_response_with(
             .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     response
+}
+
+/// The message for the caller: the rejection's own, or a fixed sentence that passes nothing of
+/// the downstream's error text on.
+fn detail(kind: &ErrorKind, err: &(dyn Error + 'static)) -> String {
+    match (kind.reason, rejection(err)) {
+        ("retry_budget_exhausted", _) => {
+            "the retry budget is spent; the downstream is failing".to_owned()
+        }
+        ("downstream_error", _) | (_, None) => "the downstream call failed".to_owned(),
+        (_, Some(rejection)) => rejection.to_string(),
+    }
+}
+
+/// The `tonic::Status` for an error from the bulwark stack named `stack` (feature `tonic`):
+///
+/// | Error | Code | Metadata |
+/// | --- | --- | --- |
+/// | `CircuitOpen` | `UNAVAILABLE` | `grpc-retry-pushback-ms`: time to the next probe, when known |
+/// | `BulkheadFull` | `RESOURCE_EXHAUSTED` | |
+/// | `RetriesExhausted` with reason `Budget` | `UNAVAILABLE` | |
+/// | `Elapsed` | `DEADLINE_EXCEEDED` | |
+/// | a `tonic::Status` from the downstream | its code | |
+/// | anything else | `UNAVAILABLE` | |
+///
+/// The message is `"{stack}: {detail}"`, with the same detail as [`error_response`]: the
+/// downstream's own error text is not passed on.
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub fn error_status(stack: &str, err: &(dyn Error + 'static)) -> tonic::Status {
+    use tonic::Code;
+    let kind = error_kind(err, StatusCode::BAD_GATEWAY);
+    let code = match kind.reason {
+        "circuit_open" | "retry_budget_exhausted" => Code::Unavailable,
+        "bulkhead_full" => Code::ResourceExhausted,
+        "timeout" => Code::DeadlineExceeded,
+        _ => find::<tonic::Status>(err).map_or(Code::Unavailable, tonic::Status::code),
+    };
+    let mut status = tonic::Status::new(code, format!("{stack}: {}", detail(&kind, err)));
+    if let Some(after) = kind.retry_after {
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", ms.into());
+    }
+    status
 }
 
 /// A function for axum's `HandleErrorLayer` that answers every error of the stack named
@@ -264,6 +304,17 @@ impl Error for StackError {
 impl axum_core::response::IntoResponse for StackError {
     fn into_response(self) -> axum_core::response::Response {
         self.to_response().into_response()
+    }
+}
+
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+impl From<StackError> for tonic::Status {
+    /// [`error_status`], with the underlying error as the status's source.
+    fn from(err: StackError) -> Self {
+        let mut status = error_status(&err.stack, &*err.error);
+        status.set_source(Arc::from(err.error));
+        status
     }
 }
 

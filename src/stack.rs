@@ -563,7 +563,7 @@ impl StackHandle {
 #[cfg(feature = "http")]
 mod http_stack {
     use super::*;
-    use crate::classify::HttpClassifier;
+    use crate::classify::{GrpcClassifier, HttpClassifier};
     use crate::retry::{HttpPolicy, Replay};
 
     impl StackLayer {
@@ -576,9 +576,20 @@ mod http_stack {
                 .breaker_classifier(HttpClassifier::new())
                 .retry_policy(HttpPolicy::default())
         }
+
+        /// Starts building the standard stack for a gRPC client (around a tonic `Channel`,
+        /// say): the breaker counts failing `grpc-status` codes and errors as failures
+        /// ([`GrpcClassifier`]), retry follows [`HttpPolicy::grpc`] (`UNAVAILABLE` retried,
+        /// `grpc-retry-pushback-ms` honoured, replayable bodies). Finish with
+        /// [`build_http`](StackBuilder::build_http).
+        pub fn grpc(name: impl Into<Arc<str>>) -> StackBuilder<GrpcClassifier, HttpPolicy> {
+            StackLayer::builder(name)
+                .breaker_classifier(GrpcClassifier::new())
+                .retry_policy(HttpPolicy::grpc())
+        }
     }
 
-    impl StackBuilder<HttpClassifier, HttpPolicy> {
+    impl<C: Clone> StackBuilder<C, HttpPolicy> {
         /// Validates and builds the HTTP stack: it takes `Request<B>` with any `Unpin` body and
         /// sends `Request<ReplayBody<B>>` to the inner service (a hyper-util `Client` built for
         /// that body type, say).
@@ -586,7 +597,7 @@ mod http_stack {
         /// # Errors
         ///
         /// As [`build`](Self::build), and a `retry_after_cap` above a day.
-        pub fn build_http(self) -> Result<HttpStackLayer, ConfigError> {
+        pub fn build_http(self) -> Result<HttpStackLayer<C>, ConfigError> {
             let policy = match &self.retry {
                 Some(retry) => retry.policy().clone(),
                 None => self.retry_policy.clone(),
@@ -607,34 +618,35 @@ mod http_stack {
         }
     }
 
-    /// The standard stack for HTTP clients; built with [`StackLayer::http`].
+    /// The standard stack for HTTP clients, built with [`StackLayer::http`], or for gRPC
+    /// clients (`HttpStackLayer<GrpcClassifier>`), built with [`StackLayer::grpc`].
     ///
     /// Outermost, it makes request bodies replayable ([`ReplayBody`](crate::retry::ReplayBody));
     /// then the stages of [`StackLayer`].
     #[derive(Clone)]
     #[must_use]
-    pub struct HttpStackLayer {
-        stack: StackLayer<HttpClassifier, HttpPolicy>,
+    pub struct HttpStackLayer<C = HttpClassifier> {
+        stack: StackLayer<C, HttpPolicy>,
         limit: usize,
         name: Arc<str>,
     }
 
-    impl HttpStackLayer {
+    impl<C> HttpStackLayer<C> {
         /// A handle that reaches every stage's handle.
         pub fn handle(&self) -> StackHandle {
             self.stack.handle()
         }
     }
 
-    impl<S> Layer<S> for HttpStackLayer {
-        type Service = Replay<StackService<S, HttpClassifier, HttpPolicy>>;
+    impl<S, C: Clone> Layer<S> for HttpStackLayer<C> {
+        type Service = Replay<StackService<S, C, HttpPolicy>>;
 
         fn layer(&self, inner: S) -> Self::Service {
             Replay::new(self.stack.layer(inner), self.limit, self.name.clone())
         }
     }
 
-    impl fmt::Debug for HttpStackLayer {
+    impl<C> fmt::Debug for HttpStackLayer<C> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.debug_struct("HttpStackLayer")
                 .field("stack", &self.stack)

@@ -134,7 +134,7 @@ impl GrpcClassifier {
 
     /// The gRPC code of a response head: its `grpc-status` header if that is a number,
     /// otherwise the code the gRPC specification maps its HTTP status to.
-    fn code(status: StatusCode, headers: &HeaderMap) -> u32 {
+    pub(crate) fn code(status: StatusCode, headers: &HeaderMap) -> u32 {
         if let Some(code) = headers
             .get("grpc-status")
             .and_then(|v| parse_code(v.as_bytes()))

@@ -44,11 +44,16 @@ pub struct Attempts(pub u32);
 /// - **Bodies**: see [`ReplayBody`]. A request whose body could not be kept is sent once.
 /// - Adds nothing to requests, unless [`attempt_header`](Self::attempt_header) is set; adds
 ///   [`Attempts`] to each response's extensions.
+///
+/// In gRPC mode ([`HttpPolicy::grpc`]), responses are retried by their gRPC status instead;
+/// see there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpPolicy {
     body_limit: usize,
     retry_after_cap: Duration,
     attempt_header: Option<HeaderName>,
+    /// In gRPC mode, the codes to retry, one bit per code.
+    grpc_codes: Option<u32>,
 }
 
 impl Default for HttpPolicy {
@@ -57,9 +62,16 @@ impl Default for HttpPolicy {
             body_limit: 64 * 1024,
             retry_after_cap: Duration::from_secs(30),
             attempt_header: None,
+            grpc_codes: None,
         }
     }
 }
+
+/// The gRPC header by which a server asks for a pause before the next attempt (gRFC A6).
+const GRPC_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// gRPC's `UNAVAILABLE` code.
+const UNAVAILABLE: u32 = 14;
 
 impl HttpPolicy {
     /// The default policy: bodies kept up to 64 KiB, `Retry-After` honoured up to 30 s, no
@@ -85,6 +97,58 @@ impl HttpPolicy {
     pub fn attempt_header(mut self, name: HeaderName) -> Self {
         self.attempt_header = Some(name);
         self
+    }
+
+    /// The policy for gRPC clients (what [`StackLayer::grpc`](crate::stack::StackLayer::grpc)
+    /// uses), after gRPC's own retry design (gRFC A6):
+    ///
+    /// - A response is retried when its gRPC status (its `grpc-status` header, or, without a
+    ///   usable one, the code its HTTP status maps to) is `UNAVAILABLE`, whatever the method:
+    ///   every gRPC call is a POST, and choosing this policy says the service's methods may be
+    ///   sent again. [`grpc_retry_codes`](Self::grpc_retry_codes) changes the codes.
+    /// - A `grpc-retry-pushback-ms` header sets the least wait before the next attempt, capped
+    ///   as `Retry-After` is; one that is not a non-negative integer ends the retries (the
+    ///   server said not to retry).
+    /// - Errors are retried as for HTTP: with an `idempotency-key` (metadata are headers), or
+    ///   when the request provably never left.
+    /// - Bodies, the attempt header and [`Attempts`] as for HTTP.
+    pub fn grpc() -> Self {
+        HttpPolicy {
+            grpc_codes: Some(1 << UNAVAILABLE),
+            ..HttpPolicy::default()
+        }
+    }
+
+    /// In gRPC mode, the status codes to retry (default: 14, `UNAVAILABLE`). Codes above 16
+    /// are ignored. Switches a plain HTTP policy to gRPC mode.
+    pub fn grpc_retry_codes(mut self, codes: &[u32]) -> Self {
+        let mask = codes
+            .iter()
+            .filter(|&&c| c <= 16)
+            .fold(0u32, |mask, &c| mask | 1 << c);
+        self.grpc_codes = Some(mask);
+        self
+    }
+
+    /// The verdict on a gRPC response in gRPC mode.
+    fn grpc_verdict<R>(&self, codes: u32, response: &Response<R>) -> Verdict {
+        let code = crate::classify::GrpcClassifier::code(response.status(), response.headers());
+        if code > 16 || codes & (1 << code) == 0 {
+            return Verdict::Return;
+        }
+        let Some(value) = response.headers().get(GRPC_PUSHBACK) else {
+            return Verdict::Retry;
+        };
+        let pushback = value
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .map(|t| Duration::from_millis(t.parse::<u64>().unwrap_or(u64::MAX)));
+        match pushback {
+            Some(wait) if wait <= self.retry_after_cap => Verdict::RetryAfter(wait),
+            _ => Verdict::GiveUp(GaveUp::RetryAfter),
+        }
     }
 
     pub(crate) fn limit(&self) -> usize {
@@ -166,6 +230,9 @@ where
     ) -> Verdict {
         match result {
             Ok(response) => {
+                if let Some(codes) = self.grpc_codes {
+                    return self.grpc_verdict(codes, response);
+                }
                 if !retryable_status(response.status()) || !idempotent(request) {
                     return Verdict::Return;
                 }
@@ -649,6 +716,66 @@ mod tests {
 
     fn hv(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).unwrap()
+    }
+
+    fn grpc_answer(code: Option<&str>, pushback: Option<&str>) -> Response<()> {
+        let mut b = Response::builder().status(200);
+        if let Some(code) = code {
+            b = b.header("grpc-status", code);
+        }
+        if let Some(p) = pushback {
+            b = b.header(GRPC_PUSHBACK, p);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn grpc_verdict(policy: &HttpPolicy, answer: Response<()>) -> Verdict {
+        let post = Request::post("/pkg.Svc/M")
+            .body(ReplayBody::new(http_body_util::Empty::<Bytes>::new(), 1024))
+            .unwrap();
+        policy.verdict(&post, &Ok(answer))
+    }
+
+    #[test]
+    fn grpc_mode_retries_unavailable_posts_and_honours_pushback() {
+        let p = HttpPolicy::grpc();
+        assert_eq!(
+            grpc_verdict(&p, grpc_answer(Some("14"), None)),
+            Verdict::Retry
+        );
+        for code in ["0", "2", "4", "8", "13", "99"] {
+            assert_eq!(
+                grpc_verdict(&p, grpc_answer(Some(code), None)),
+                Verdict::Return,
+                "{code}"
+            );
+        }
+        // No grpc-status: a 200 is OK (the status is in the trailers), a 503 maps to UNAVAILABLE.
+        assert_eq!(grpc_verdict(&p, grpc_answer(None, None)), Verdict::Return);
+        let unavailable = Response::builder().status(503).body(()).unwrap();
+        assert_eq!(grpc_verdict(&p, unavailable), Verdict::Retry);
+        // Pushback: a wait, or the end of retries when malformed or over the cap.
+        assert_eq!(
+            grpc_verdict(&p, grpc_answer(Some("14"), Some("250"))),
+            Verdict::RetryAfter(Duration::from_millis(250))
+        );
+        for bad in ["-1", "soon", "", "1.5", "31000"] {
+            assert_eq!(
+                grpc_verdict(&p, grpc_answer(Some("14"), Some(bad))),
+                Verdict::GiveUp(GaveUp::RetryAfter),
+                "{bad:?}"
+            );
+        }
+        // Other codes on request; a plain HTTP policy does not retry a POST's UNAVAILABLE.
+        let p = HttpPolicy::grpc().grpc_retry_codes(&[8, 14, 99]);
+        assert_eq!(
+            grpc_verdict(&p, grpc_answer(Some("8"), None)),
+            Verdict::Retry
+        );
+        assert_eq!(
+            grpc_verdict(&HttpPolicy::new(), grpc_answer(Some("14"), None)),
+            Verdict::Return
+        );
     }
 
     #[test]
