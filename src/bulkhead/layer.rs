@@ -29,6 +29,11 @@ impl BulkheadLayer {
         }
     }
 
+    /// The shared slots, for the standard stack.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// A handle to this bulkhead's shared state and counters.
     pub fn handle(&self) -> BulkheadHandle {
         BulkheadHandle::new(self.shared.clone())

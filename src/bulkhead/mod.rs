@@ -186,12 +186,21 @@ impl Shared {
     /// Takes a slot if one is free right now.
     #[inline]
     fn try_admit(self: &Arc<Self>) -> Option<Permit> {
+        self.try_take().then(|| Permit {
+            shared: self.clone(),
+        })
+    }
+
+    /// Takes a slot if one is free right now, without a [`Permit`]: the caller gives it back
+    /// with [`release`](Self::release).
+    #[inline]
+    pub(crate) fn try_take(&self) -> bool {
         let in_flight = match &self.slots {
             Slots::Counter(taken) => {
                 let mut current = taken.load(Ordering::Relaxed);
                 loop {
                     if current >= self.max_concurrent {
-                        return None;
+                        return false;
                     }
                     match taken.compare_exchange_weak(
                         current,
@@ -210,13 +219,11 @@ impl Shared {
                     self.in_flight()
                 }
                 // Never closed; treat it like a full one all the same.
-                Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => return None,
+                Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => return false,
             },
         };
         self.note_in_flight(in_flight);
-        Some(Permit {
-            shared: self.clone(),
-        })
+        true
     }
 
     #[inline]
@@ -228,8 +235,9 @@ impl Shared {
         }
     }
 
+    /// Gives a slot back.
     #[inline]
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         self.meters.released();
         match &self.slots {
             Slots::Counter(taken) => {
@@ -239,7 +247,7 @@ impl Shared {
         }
     }
 
-    fn reject(&self) -> BulkheadFull {
+    pub(crate) fn reject(&self) -> BulkheadFull {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         self.meters.rejected();
         tracing::debug!(
@@ -252,13 +260,14 @@ impl Shared {
         BulkheadFull::new(self.name.clone(), self.max_concurrent)
     }
 
-    /// Starts a bounded wait for a slot: one allocation, only on this slow path.
-    fn wait(self: &Arc<Self>) -> Wait {
+    /// Starts a bounded wait for a slot: one allocation, only on this slow path. The wait
+    /// ends `true` with a slot taken, which the caller must give back.
+    pub(crate) fn wait(self: &Arc<Self>) -> Wait {
         let shared = self.clone();
         Box::pin(async move {
             let Slots::Semaphore(semaphore) = &shared.slots else {
                 // Only a bulkhead with a `max_wait` waits, and it has a semaphore.
-                return None;
+                return false;
             };
             let waiting = WaitingGuard::new(&shared.waiting);
             match tokio::time::timeout(shared.max_wait, semaphore.acquire()).await {
@@ -266,14 +275,17 @@ impl Shared {
                     permit.forget();
                     drop(waiting);
                     shared.note_in_flight(shared.in_flight());
-                    Some(Permit {
-                        shared: shared.clone(),
-                    })
+                    true
                 }
                 // Closed (never happens) or `max_wait` elapsed.
-                Ok(Err(_)) | Err(_) => None,
+                Ok(Err(_)) | Err(_) => false,
             }
         })
+    }
+
+    /// Whether calls wait for a slot rather than being rejected at once.
+    pub(crate) fn waits(&self) -> bool {
+        !self.max_wait.is_zero()
     }
 }
 
@@ -313,7 +325,7 @@ impl Drop for WaitingGuard<'_> {
     }
 }
 
-type Wait = Pin<Box<dyn Future<Output = Option<Permit>> + Send + Sync>>;
+pub(crate) type Wait = Pin<Box<dyn Future<Output = bool> + Send + Sync>>;
 
 // === Bulkhead ===
 
@@ -396,9 +408,12 @@ where
             };
         }
         if let Admission::Waiting(wait) = &mut self.admission {
-            self.admission = match ready!(wait.as_mut().poll(cx)) {
-                Some(permit) => Admission::Admitted(permit),
-                None => Admission::Full,
+            self.admission = if ready!(wait.as_mut().poll(cx)) {
+                Admission::Admitted(Permit {
+                    shared: self.shared.clone(),
+                })
+            } else {
+                Admission::Full
             };
         }
         if let Admission::Full = self.admission {

@@ -153,7 +153,7 @@ where
 
 /// The outcome of a result: a rejection by one of bulwark's own layers inside the breaker
 /// (the downstream was not called) counts for nothing; anything else is the classifier's call.
-fn outcome_of<C, T>(classifier: &C, result: &Result<T, BoxError>) -> Outcome
+pub(crate) fn outcome_of<C, T>(classifier: &C, result: &Result<T, BoxError>) -> Outcome
 where
     C: Classify<T, BoxError>,
 {

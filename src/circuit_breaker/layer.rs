@@ -38,6 +38,11 @@ impl<C> CircuitBreakerLayer<C> {
         CircuitBreakerHandle::new(self.core.clone())
     }
 
+    /// The shared state and the classifier, for the standard stack.
+    pub(crate) fn into_parts(self) -> (Arc<Core>, C) {
+        (self.core, self.classifier)
+    }
+
     #[cfg(test)]
     pub(crate) fn core_for_tests(&self) -> Arc<Core> {
         self.core.clone()

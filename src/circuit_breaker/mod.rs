@@ -127,6 +127,8 @@ use crate::classify::{Classify, DefaultClassifier};
 use crate::BoxError;
 
 mod config;
+pub(crate) use self::core::{Core, Decision, Pass};
+pub(crate) use self::future::outcome_of;
 mod core;
 pub mod error;
 pub mod future;
@@ -140,7 +142,6 @@ pub use self::handle::CircuitBreakerHandle;
 pub use self::layer::CircuitBreakerLayer;
 pub use self::state::CircuitState;
 
-use self::core::{Core, Decision};
 use self::error::CircuitOpen;
 use self::future::{ResponseFuture, Ticket};
 

@@ -68,7 +68,7 @@ struct Attempts<S, Request, P> {
 }
 
 /// What to do after an attempt.
-enum Next {
+pub(crate) enum Next {
     Done,
     Wait {
         delay: Duration,
@@ -117,12 +117,64 @@ impl<S, Request, P> Attempts<S, Request, P> {
     where
         P: RetryPolicy<Request, T>,
     {
-        let shared = &self.shared;
         // With retries off (one attempt), or a request that cannot be sent again, results
         // pass through unchanged.
         let (Some(request), Some(_)) = (self.request.as_ref(), self.service.as_ref()) else {
             return Next::Done;
         };
+        self.call().after(request, result, rng, last_delay)
+    }
+
+    fn call(&self) -> Call<'_, P> {
+        Call {
+            shared: &self.shared,
+            policy: &self.policy,
+            attempt: self.attempt,
+            started: self.started,
+        }
+    }
+
+    fn past_deadline(&self, from_now: Duration) -> bool {
+        self.call().past_deadline(from_now)
+    }
+
+    fn deadline_timer(&self) -> Option<Sleep> {
+        self.call().deadline_timer()
+    }
+
+    fn give_up<T>(&self, result: Result<T, BoxError>, reason: GaveUp) -> Result<T, BoxError>
+    where
+        P: RetryPolicy<Request, T>,
+    {
+        self.call().give_up(result, reason)
+    }
+}
+
+/// One call's retry decisions, over state that the retry future and the standard stack's
+/// future each keep in their own way.
+pub(crate) struct Call<'a, P> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) policy: &'a P,
+    /// The attempt just made (1 for the first).
+    pub(crate) attempt: u32,
+    /// When the call started, if the retry stage has a deadline.
+    pub(crate) started: Option<Instant>,
+}
+
+impl<P> Call<'_, P> {
+    /// Decides what follows `result` of attempt `self.attempt` for `request`. `rng` and
+    /// `last_delay` are the retry state's, if a retry happened already.
+    pub(crate) fn after<Request, T>(
+        &self,
+        request: &Request,
+        result: &Result<T, BoxError>,
+        rng: &mut Option<Rng>,
+        last_delay: Duration,
+    ) -> Next
+    where
+        P: RetryPolicy<Request, T>,
+    {
+        let shared = self.shared;
         let hint = match self.policy.verdict(request, result) {
             Verdict::Return => return Next::Done,
             Verdict::GiveUp(reason) => return Next::GiveUp(reason),
@@ -166,7 +218,7 @@ impl<S, Request, P> Attempts<S, Request, P> {
     }
 
     /// Whether an attempt starting `from_now` would start after the deadline.
-    fn past_deadline(&self, from_now: Duration) -> bool {
+    pub(crate) fn past_deadline(&self, from_now: Duration) -> bool {
         match (self.shared.deadline, self.started) {
             (Some(deadline), Some(started)) => {
                 started.elapsed().saturating_add(from_now) > deadline
@@ -176,14 +228,18 @@ impl<S, Request, P> Attempts<S, Request, P> {
     }
 
     /// A timer for the deadline, to stop waiting for readiness when it passes.
-    fn deadline_timer(&self) -> Option<Sleep> {
+    pub(crate) fn deadline_timer(&self) -> Option<Sleep> {
         let at = self.started?.checked_add(self.shared.deadline?)?;
         Some(tokio::time::sleep_until(at))
     }
 
     /// Returns `result` as the final one: counted, finished by the policy, an error wrapped in
     /// [`RetriesExhausted`].
-    fn give_up<T>(&self, mut result: Result<T, BoxError>, reason: GaveUp) -> Result<T, BoxError>
+    pub(crate) fn give_up<Request, T>(
+        &self,
+        mut result: Result<T, BoxError>,
+        reason: GaveUp,
+    ) -> Result<T, BoxError>
     where
         P: RetryPolicy<Request, T>,
     {

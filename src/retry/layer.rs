@@ -73,6 +73,18 @@ impl Shared {
             budget.deposit(Instant::now());
         }
     }
+
+    /// Whether a call needs the time it started: for the budget, or the deadline.
+    pub(crate) fn needs_clock(&self) -> bool {
+        self.budget.is_some() || self.deadline.is_some()
+    }
+
+    /// Records a call made at `now` in the budget.
+    pub(crate) fn deposit_at(&self, now: Instant) {
+        if let Some(budget) = &self.budget {
+            budget.deposit(now);
+        }
+    }
 }
 
 // === RetryLayer ===
@@ -154,6 +166,11 @@ impl RetryLayerBuilder<super::HttpPolicy> {
 }
 
 impl<C> RetryLayer<C> {
+    /// The shared state and the policy, for the standard stack.
+    pub(crate) fn into_parts(self) -> (Arc<Shared>, C) {
+        (self.shared, self.classifier)
+    }
+
     /// A handle to this layer's counters and budget.
     pub fn handle(&self) -> RetryHandle {
         RetryHandle::from_shared(self.shared.clone())

@@ -146,7 +146,8 @@ pub use self::http::{
 };
 pub use self::layer::{RetryHandle, RetryLayer, RetryLayerBuilder};
 
-use self::layer::Shared;
+pub(crate) use self::backoff::Rng;
+pub(crate) use self::layer::Shared;
 
 /// Retries failed calls to the inner service; see the [module docs](self).
 pub struct Retry<S, P = DefaultClassifier> {

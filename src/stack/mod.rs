@@ -70,132 +70,25 @@
 //! attempts fail).
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
-use tower_service::Service;
 
-use crate::bulkhead::{Bulkhead, BulkheadHandle, BulkheadLayer};
+use crate::bulkhead::{BulkheadHandle, BulkheadLayer};
 use crate::circuit_breaker::{
-    CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerLayerBuilder,
+    CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerLayerBuilder,
 };
 use crate::classify::DefaultClassifier;
 use crate::error::ConfigError;
-use crate::retry::{Retry, RetryHandle, RetryLayer, RetryLayerBuilder};
-use crate::timeout::{Timeout, TimeoutLayer};
-use crate::BoxError;
+use crate::retry::{RetryHandle, RetryLayer, RetryLayerBuilder};
+
+mod service;
+
+use self::service::Stages;
+pub use self::service::{ResponseFuture, StackService};
 
 const COMPONENT: &str = "stack";
-
-// === Stage ===
-
-/// One stage of a stack: its layer's service when the stage is on, the inner service as is
-/// when it is off.
-#[derive(Debug, Clone)]
-pub enum Stage<On, Off> {
-    /// The stage is on.
-    On(On),
-    /// The stage is off: calls go straight to the inner service.
-    Off(Off),
-}
-
-impl<On, Off> Stage<On, Off> {
-    fn layered<L>(layer: Option<&L>, inner: Off) -> Self
-    where
-        L: Layer<Off, Service = On>,
-    {
-        match layer {
-            Some(layer) => Stage::On(layer.layer(inner)),
-            None => Stage::Off(inner),
-        }
-    }
-}
-
-impl<On, Off, Request> Service<Request> for Stage<On, Off>
-where
-    On: Service<Request>,
-    On::Error: Into<BoxError>,
-    Off: Service<Request, Response = On::Response>,
-    Off::Error: Into<BoxError>,
-{
-    type Response = On::Response;
-    type Error = BoxError;
-    type Future = StageFuture<On::Future, Off::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self {
-            Stage::On(s) => s.poll_ready(cx).map_err(Into::into),
-            Stage::Off(s) => s.poll_ready(cx).map_err(Into::into),
-        }
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        match self {
-            Stage::On(s) => StageFuture {
-                kind: StageKind::On {
-                    future: s.call(request),
-                },
-            },
-            Stage::Off(s) => StageFuture {
-                kind: StageKind::Off {
-                    future: s.call(request),
-                },
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of a [`Stage`].
-    #[derive(Debug)]
-    pub struct StageFuture<On, Off> {
-        #[pin]
-        kind: StageKind<On, Off>,
-    }
-}
-
-pin_project! {
-    #[project = StageProj]
-    #[derive(Debug)]
-    enum StageKind<On, Off> {
-        On { #[pin] future: On },
-        Off { #[pin] future: Off },
-    }
-}
-
-impl<On, Off, T, E1, E2> Future for StageFuture<On, Off>
-where
-    On: Future<Output = Result<T, E1>>,
-    Off: Future<Output = Result<T, E2>>,
-    E1: Into<BoxError>,
-    E2: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            StageProj::On { future } => future.poll(cx).map_err(Into::into),
-            StageProj::Off { future } => future.poll(cx).map_err(Into::into),
-        }
-    }
-}
-
-/// The attempt-timeout stage around `S`.
-pub type AttemptStage<S> = Stage<Timeout<S>, S>;
-/// The circuit-breaker stage.
-pub type BreakerStage<S, C> = Stage<CircuitBreaker<AttemptStage<S>, C>, AttemptStage<S>>;
-/// The retry stage.
-pub type RetryStage<S, C, P> = Stage<Retry<BreakerStage<S, C>, P>, BreakerStage<S, C>>;
-/// The total-timeout stage.
-pub type TotalStage<S, C, P> = Stage<Timeout<RetryStage<S, C, P>>, RetryStage<S, C, P>>;
-/// The whole standard stack around `S`, as [`StackLayer`] builds it.
-pub type StackService<S, C = DefaultClassifier, P = DefaultClassifier> =
-    Stage<Bulkhead<TotalStage<S, C, P>>, TotalStage<S, C, P>>;
 
 // === StackLayer ===
 
@@ -203,12 +96,8 @@ pub type StackService<S, C = DefaultClassifier, P = DefaultClassifier> =
 /// [module docs](self).
 #[must_use]
 pub struct StackLayer<C = DefaultClassifier, P = DefaultClassifier> {
-    name: Arc<str>,
-    bulkhead: Option<BulkheadLayer>,
-    total_timeout: Option<TimeoutLayer>,
-    retry: Option<RetryLayer<P>>,
-    breaker: Option<CircuitBreakerLayer<C>>,
-    attempt_timeout: Option<TimeoutLayer>,
+    stages: Arc<Stages<C, P>>,
+    handle: StackHandle,
 }
 
 impl StackLayer {
@@ -249,52 +138,47 @@ fn default_breaker<C>(name: &Arc<str>, classifier: C) -> CircuitBreakerLayerBuil
 impl<C, P> StackLayer<C, P> {
     /// A handle that reaches every stage's handle.
     pub fn handle(&self) -> StackHandle {
-        StackHandle {
-            name: self.name.clone(),
-            bulkhead: self.bulkhead.as_ref().map(BulkheadLayer::handle),
-            retry: self.retry.as_ref().map(RetryLayer::handle),
-            breaker: self.breaker.as_ref().map(CircuitBreakerLayer::handle),
-        }
+        self.handle.clone()
     }
 }
 
-impl<C: Clone, P: Clone> Clone for StackLayer<C, P> {
+impl<C, P> Clone for StackLayer<C, P> {
     fn clone(&self) -> Self {
         StackLayer {
-            name: self.name.clone(),
-            bulkhead: self.bulkhead.clone(),
-            total_timeout: self.total_timeout,
-            retry: self.retry.clone(),
-            breaker: self.breaker.clone(),
-            attempt_timeout: self.attempt_timeout,
+            stages: self.stages.clone(),
+            handle: self.handle.clone(),
         }
     }
 }
 
-impl<S, C: Clone, P: Clone> Layer<S> for StackLayer<C, P> {
+impl<S, C, P> Layer<S> for StackLayer<C, P> {
     type Service = StackService<S, C, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let attempt = Stage::layered(self.attempt_timeout.as_ref(), inner);
-        let breaker = Stage::layered(self.breaker.as_ref(), attempt);
-        let retry = Stage::layered(self.retry.as_ref(), breaker);
-        let total = Stage::layered(self.total_timeout.as_ref(), retry);
-        Stage::layered(self.bulkhead.as_ref(), total)
+        StackService::new(inner, self.stages.clone())
     }
 }
 
 impl<C, P> fmt::Debug for StackLayer<C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stages = &self.stages;
         f.debug_struct("StackLayer")
-            .field("name", &self.name)
-            .field("bulkhead", &self.bulkhead)
-            .field("total_timeout", &self.total_timeout.map(|t| t.timeout()))
-            .field("retry", &self.retry)
-            .field("circuit_breaker", &self.breaker)
+            .field("name", &self.handle.name)
             .field(
-                "attempt_timeout",
-                &self.attempt_timeout.map(|t| t.timeout()),
+                "max_concurrent",
+                &stages.bulkhead.as_ref().map(|b| b.max_concurrent()),
             )
+            .field(
+                "bulkhead_wait",
+                &stages.bulkhead.as_ref().map(|b| b.max_wait()),
+            )
+            .field("total_timeout", &stages.total)
+            .field("retry", &stages.retry.as_ref().map(|r| r.max_attempts))
+            .field(
+                "circuit_breaker",
+                &stages.breaker.as_ref().map(|b| &b.policy),
+            )
+            .field("attempt_timeout", &stages.attempt)
             .finish()
     }
 }
@@ -498,16 +382,42 @@ impl<C, P> StackBuilder<C, P> {
             ),
             None => None,
         };
-        Ok(StackLayer {
-            bulkhead,
-            total_timeout: self.total_timeout.map(TimeoutLayer::new),
-            retry: self.retry.map(RetryLayerBuilder::build).transpose()?,
-            breaker: self
-                .breaker
-                .map(CircuitBreakerLayerBuilder::build)
-                .transpose()?,
-            attempt_timeout: self.attempt_timeout.map(TimeoutLayer::new),
+        let retry = self.retry.map(RetryLayerBuilder::build).transpose()?;
+        let breaker = self
+            .breaker
+            .map(CircuitBreakerLayerBuilder::build)
+            .transpose()?;
+        let handle = StackHandle {
             name: self.name,
+            bulkhead: bulkhead.as_ref().map(BulkheadLayer::handle),
+            retry: retry.as_ref().map(RetryLayer::handle),
+            breaker: breaker.as_ref().map(CircuitBreakerLayer::handle),
+        };
+        let (retry, policy) = match retry {
+            Some(layer) => {
+                let (shared, policy) = layer.into_parts();
+                (Some(shared), policy)
+            }
+            None => (None, self.retry_policy),
+        };
+        let (breaker, classifier) = match breaker {
+            Some(layer) => {
+                let (core, classifier) = layer.into_parts();
+                (Some(core), classifier)
+            }
+            None => (None, self.breaker_classifier),
+        };
+        Ok(StackLayer {
+            stages: Arc::new(Stages {
+                bulkhead: bulkhead.map(|b| b.shared().clone()),
+                total: self.total_timeout,
+                retry,
+                policy,
+                breaker,
+                classifier,
+                attempt: self.attempt_timeout,
+            }),
+            handle,
         })
     }
 }
