@@ -180,7 +180,7 @@ async fn a_hung_downstream_costs_the_caller_the_total_timeout_at_most() {
 mod builder {
     use super::*;
     use bulwark::stack::{StackHandle, StackLayer};
-    use tower::Layer;
+    use tower::{Layer, Service};
 
     fn built_client(down: &Downstream) -> (Client, StackHandle) {
         let stack = StackLayer::builder("inventory")
@@ -319,6 +319,147 @@ mod builder {
         }));
         // No timeout anywhere: an hour-long call completes.
         assert_eq!(svc.oneshot(7).await.unwrap(), 7);
+    }
+
+    /// What a call holds is given back when its future is dropped mid-attempt (the bulkhead
+    /// slot, a half-open probe's slot), and when a readied service is dropped unused.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_dropped_call_or_service_gives_back_its_slots() {
+        let down = Downstream::default();
+        let stack = StackLayer::builder("inventory")
+            .max_concurrent(1)
+            .no_retry()
+            .circuit_breaker(|b| {
+                b.consecutive_failures(1)
+                    .break_duration(Duration::from_secs(1))
+                    .success_threshold(1)
+            })
+            .build()
+            .unwrap();
+        let handle = stack.handle();
+        let (bulkhead, breaker) = (
+            handle.bulkhead().unwrap(),
+            handle.circuit_breaker().unwrap(),
+        );
+        let mut svc = stack.layer(down.service());
+
+        // A readied service holds the slot; dropped, it gives it back.
+        let mut readied = svc.clone();
+        readied.ready().await.unwrap();
+        assert_eq!(bulkhead.in_flight(), 1);
+        drop(readied);
+        assert_eq!(bulkhead.in_flight(), 0);
+
+        // Open the breaker, wait out the break, and drop the probe mid-attempt.
+        down.failing.store(true, Ordering::SeqCst);
+        svc.ready().await.unwrap().call(1).await.unwrap_err();
+        assert_eq!(breaker.state(), CircuitState::Open);
+        down.failing.store(false, Ordering::SeqCst);
+        down.delay_ms.store(60_000, Ordering::SeqCst);
+        time::advance(Duration::from_secs(1)).await;
+        let mut probe = Box::pin(svc.ready().await.unwrap().call(2));
+        assert!(futures_poll_once(&mut probe).await.is_none());
+        assert_eq!((bulkhead.in_flight(), breaker.probes_in_flight()), (1, 1));
+        drop(probe);
+        assert_eq!((bulkhead.in_flight(), breaker.probes_in_flight()), (0, 0));
+
+        // The probe slot is free again: the next call is the probe, and it closes the breaker.
+        down.delay_ms.store(0, Ordering::SeqCst);
+        assert_eq!(svc.ready().await.unwrap().call(3).await.unwrap(), 6);
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    /// Polls `fut` once; `Some` if it completed.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut *fut).poll(cx) {
+                std::task::Poll::Ready(out) => Some(out),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
+    }
+
+    /// The total timeout also runs during the wait between attempts.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_total_timeout_cuts_a_backoff() {
+        let down = Downstream::default();
+        down.failing.store(true, Ordering::SeqCst);
+        let stack = StackLayer::builder("inventory")
+            .total_timeout(Duration::from_secs(1))
+            .attempt_timeout(Duration::from_millis(500))
+            .retry(|r| {
+                r.backoff(Duration::from_secs(2), 2.0, Duration::from_secs(4))
+                    .jitter(Jitter::None)
+            })
+            .no_circuit_breaker()
+            .build()
+            .unwrap();
+        let handle = stack.handle();
+        let started = time::Instant::now();
+        let err = stack.layer(down.service()).oneshot(1).await.unwrap_err();
+        assert!(err.is::<bulwark::timeout::error::Elapsed>(), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert_eq!(down.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(handle.bulkhead().unwrap().in_flight(), 0);
+    }
+
+    /// A breaker that opens during a call's retries ends them: the next attempt is rejected
+    /// without reaching the downstream, and retry gives up rather than wait out the break.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_breaker_that_opens_mid_retries_ends_them() {
+        let down = Downstream::default();
+        down.failing.store(true, Ordering::SeqCst);
+        let stack = StackLayer::builder("inventory")
+            .retry(|r| {
+                r.max_attempts(4)
+                    .backoff(Duration::from_millis(100), 2.0, Duration::from_secs(1))
+                    .jitter(Jitter::None)
+            })
+            .circuit_breaker(|b| {
+                b.consecutive_failures(2)
+                    .break_duration(Duration::from_secs(30))
+            })
+            .build()
+            .unwrap();
+        let handle = stack.handle();
+        let err = stack.layer(down.service()).oneshot(1).await.unwrap_err();
+        let exhausted = bulwark::error::find::<bulwark::retry::error::RetriesExhausted>(&*err)
+            .expect("retry gave up");
+        assert_eq!(
+            exhausted.reason(),
+            bulwark::retry::error::GaveUp::CircuitOpen
+        );
+        assert_eq!(
+            exhausted.attempts(),
+            3,
+            "the third attempt was the rejected one"
+        );
+        assert_eq!(down.calls.load(Ordering::SeqCst), 2);
+        let breaker = handle.circuit_breaker().unwrap();
+        assert_eq!(breaker.counters().rejections, 1);
+    }
+
+    /// A call the bulkhead rejects reaches neither the breaker nor the budget.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_full_bulkhead_rejects_before_the_other_stages() {
+        let down = Downstream::default();
+        down.delay_ms.store(60_000, Ordering::SeqCst);
+        let stack = StackLayer::builder("inventory")
+            .max_concurrent(1)
+            .build()
+            .unwrap();
+        let handle = stack.handle();
+        let svc = stack.layer(down.service());
+        let first = tokio::spawn(svc.clone().oneshot(1));
+        tokio::task::yield_now().await;
+        let budget_before = handle.retry().unwrap().budget_available();
+        let err = svc.clone().oneshot(2).await.unwrap_err();
+        assert!(err.is::<bulwark::bulkhead::error::BulkheadFull>(), "{err}");
+        assert_eq!(handle.retry().unwrap().budget_available(), budget_before);
+        assert_eq!(handle.circuit_breaker().unwrap().counters().calls, 0);
+        assert_eq!(handle.bulkhead().unwrap().rejected(), 1);
+        first.abort();
     }
 
     #[test]

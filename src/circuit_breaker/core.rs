@@ -11,7 +11,7 @@ use super::config::Policy;
 use super::error::CircuitOpen;
 use super::state::{CircuitState, Word};
 use crate::classify::Outcome;
-use crate::window::{CountWindow, Tally, TimeWindow};
+use crate::window::{CacheLine, CountWindow, Tally, TimeWindow};
 
 /// Why the breaker changed state, as reported in events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,20 +85,6 @@ pub struct CircuitCounters {
     pub rejections: u64,
     /// State changes, including those made through the handle.
     pub transitions: u64,
-}
-
-/// Keeps a value on cache lines of its own (128 bytes: two lines, as adjacent-line prefetch
-/// pairs them on x86), so writes to its neighbours do not slow down readers of it.
-#[repr(align(128))]
-#[derive(Debug, Default)]
-struct CacheLine<T>(T);
-
-impl<T> std::ops::Deref for CacheLine<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
-    }
 }
 
 /// The state shared by every clone of one breaker.
@@ -366,7 +352,7 @@ impl Core {
         let mut judge = failure || slow;
         if let (Some(window), Some(rule)) = (&self.count, self.policy.count) {
             window.record(failure, slow);
-            judge |= window.tally().calls <= rule.min_calls;
+            judge |= window.calls() <= rule.min_calls;
         }
         let now_ms = now.map(|now| self.since_base(now).as_millis() as u64);
         if let (Some(window), Some(rule), Some(now_ms)) = (&self.time, self.policy.time, now_ms) {

@@ -393,30 +393,15 @@ impl<C, P> StackBuilder<C, P> {
             retry: retry.as_ref().map(RetryLayer::handle),
             breaker: breaker.as_ref().map(CircuitBreakerLayer::handle),
         };
-        let (retry, policy) = match retry {
-            Some(layer) => {
-                let (shared, policy) = layer.into_parts();
-                (Some(shared), policy)
-            }
-            None => (None, self.retry_policy),
-        };
-        let (breaker, classifier) = match breaker {
-            Some(layer) => {
-                let (core, classifier) = layer.into_parts();
-                (Some(core), classifier)
-            }
-            None => (None, self.breaker_classifier),
-        };
         Ok(StackLayer {
-            stages: Arc::new(Stages {
-                bulkhead: bulkhead.map(|b| b.shared().clone()),
-                total: self.total_timeout,
-                retry,
-                policy,
-                breaker,
-                classifier,
-                attempt: self.attempt_timeout,
-            }),
+            stages: Arc::new(Stages::new(
+                bulkhead.map(|b| b.shared().clone()),
+                self.total_timeout,
+                retry.map(RetryLayer::into_parts),
+                breaker.map(CircuitBreakerLayer::into_parts),
+                (self.breaker_classifier, self.retry_policy),
+                self.attempt_timeout,
+            )),
             handle,
         })
     }

@@ -40,14 +40,40 @@ pub(crate) struct Stages<C, P> {
     pub(crate) breaker: Option<Arc<Core>>,
     pub(crate) classifier: C,
     pub(crate) attempt: Option<Duration>,
+    /// Whether a call needs the clock when it is made (rather than only if it is not ready at
+    /// once): for the retry budget or deadline, or the breaker's slow-call rule or time window.
+    pub(crate) clock_at_call: bool,
 }
 
 impl<C, P> Stages<C, P> {
-    /// Whether a call needs the clock when it is made (rather than only if it is not ready at
-    /// once): for the retry budget or deadline, or the breaker's slow-call rule or time window.
-    fn clock_at_call(&self) -> bool {
-        self.retry.as_ref().is_some_and(|r| r.needs_clock())
-            || self.breaker.as_ref().is_some_and(|b| b.needs_clock())
+    pub(crate) fn new(
+        bulkhead: Option<Arc<BulkheadShared>>,
+        total: Option<Duration>,
+        retry: Option<(Arc<RetryShared>, P)>,
+        breaker: Option<(Arc<Core>, C)>,
+        defaults: (C, P),
+        attempt: Option<Duration>,
+    ) -> Self {
+        let clock_at_call = retry.as_ref().is_some_and(|(r, _)| r.needs_clock())
+            || breaker.as_ref().is_some_and(|(b, _)| b.needs_clock());
+        let (retry, policy) = match retry {
+            Some((shared, policy)) => (Some(shared), policy),
+            None => (None, defaults.1),
+        };
+        let (breaker, classifier) = match breaker {
+            Some((core, classifier)) => (Some(core), classifier),
+            None => (None, defaults.0),
+        };
+        Stages {
+            bulkhead,
+            total,
+            retry,
+            policy,
+            breaker,
+            classifier,
+            attempt,
+            clock_at_call,
+        }
     }
 }
 
@@ -233,11 +259,13 @@ where
             {
                 core.abandon(pass);
             }
-            let full = stages.bulkhead.as_ref().map(|b| b.reject());
-            return ResponseFuture::rejected(stages, full);
+            if let Some(bulkhead) = &stages.bulkhead {
+                let full = bulkhead.reject();
+                return ResponseFuture::rejected(stages, full);
+            }
         }
 
-        let now = stages.clock_at_call().then(Instant::now);
+        let now = stages.clock_at_call.then(Instant::now);
         let mut retry = Retrying {
             service: None,
             request: None,
@@ -273,7 +301,7 @@ where
                 if let Some(core) = &stages.breaker {
                     core.rejected(&open);
                 }
-                (None, None, Some(open))
+                (None, None, Some(Box::new(open) as BoxError))
             }
         };
         ResponseFuture {
@@ -284,10 +312,8 @@ where
                 holds_slot,
                 pass,
                 open,
-                full: None,
                 call_started: now,
                 attempt_started: now,
-                timer_at: None,
                 retry,
             },
         }
@@ -334,14 +360,11 @@ where
     holds_slot: bool,
     /// The breaker's pass for the attempt under way.
     pass: Option<Pass>,
-    /// The breaker's rejection of the attempt, to be judged as its result.
-    open: Option<CircuitOpen>,
-    /// The bulkhead's rejection of the call.
-    full: Option<BulkheadFull>,
+    /// A rejection standing for the attempt's result: the breaker's, judged like any result;
+    /// or the bulkhead's, with nothing to retry.
+    open: Option<BoxError>,
     call_started: Option<Instant>,
     attempt_started: Option<Instant>,
-    /// The deadline the timer is armed for, if it is.
-    timer_at: Option<Instant>,
     retry: Retrying<S, Request, S::Response>,
 }
 
@@ -372,7 +395,8 @@ impl<S, Request, C, P> ResponseFuture<S, Request, C, P>
 where
     S: Service<Request>,
 {
-    fn rejected(stages: Arc<Stages<C, P>>, full: Option<BulkheadFull>) -> Self {
+    /// The future of a call the bulkhead rejected: no attempt, nothing to retry.
+    fn rejected(stages: Arc<Stages<C, P>>, full: BulkheadFull) -> Self {
         ResponseFuture {
             response: None,
             timer: None,
@@ -380,11 +404,9 @@ where
                 stages,
                 holds_slot: false,
                 pass: None,
-                open: None,
-                full,
+                open: Some(Box::new(full)),
                 call_started: None,
                 attempt_started: None,
-                timer_at: None,
                 retry: Retrying {
                     service: None,
                     request: None,
@@ -470,15 +492,12 @@ fn far_future(now: Instant) -> Instant {
 }
 
 /// Points `timer` at `at`, reusing its registration.
-fn arm(mut timer: Pin<&mut Option<Sleep>>, armed_at: &mut Option<Instant>, at: Instant) {
-    if *armed_at == Some(at) {
-        return;
-    }
+fn arm(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
     match timer.as_mut().as_pin_mut() {
+        Some(sleep) if sleep.deadline() == at => {}
         Some(sleep) => sleep.reset(at),
         None => timer.set(Some(tokio::time::sleep_until(at))),
     }
-    *armed_at = Some(at);
 }
 
 impl<S, Request, C, P> Future for ResponseFuture<S, Request, C, P>
@@ -493,9 +512,6 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let state = &mut *this.state;
-        if let Some(full) = state.full.take() {
-            return Poll::Ready(Err(Box::new(full)));
-        }
         loop {
             let waiting = state.retry.state.as_ref().is_some_and(|b| b.last.is_some());
             if !waiting {
@@ -512,7 +528,7 @@ where
                                 (Some(d), None) | (None, Some(d)) => d,
                                 (None, None) => return Poll::Pending,
                             };
-                            arm(this.timer.as_mut(), &mut state.timer_at, at);
+                            arm(this.timer.as_mut(), at);
                             let Some(timer) = this.timer.as_mut().as_pin_mut() else {
                                 return Poll::Pending;
                             };
@@ -536,7 +552,7 @@ where
                         }
                     },
                     None => match state.open.take() {
-                        Some(open) => Err(Box::new(open) as BoxError),
+                        Some(rejection) => Err(rejection),
                         None => panic!("stack ResponseFuture polled after completion"),
                     },
                 };
@@ -589,7 +605,7 @@ where
                 (t, w) => t.or(w),
             };
             if let Some(at) = at {
-                arm(this.timer.as_mut(), &mut state.timer_at, at);
+                arm(this.timer.as_mut(), at);
                 let fired = match this.timer.as_mut().as_pin_mut() {
                     Some(timer) => timer.poll(cx).is_ready(),
                     None => false,
@@ -735,7 +751,7 @@ where
                 Admission::Admitted(pass) => state.pass = Some(pass),
                 Admission::Rejected(open) => {
                     core.rejected(&open);
-                    return start_attempt(state, &call, None, Some(open));
+                    return start_attempt(state, &call, None, Some(Box::new(open)));
                 }
             }
         }
@@ -769,7 +785,7 @@ fn start_attempt<S, Request, C, P>(
     state: &mut State<S, Request, C, P>,
     call: &Call<'_, P>,
     request: Option<Request>,
-    open: Option<CircuitOpen>,
+    open: Option<BoxError>,
 ) -> Poll<Result<Option<S::Future>, Result<S::Response, BoxError>>>
 where
     S: Service<Request>,
