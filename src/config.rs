@@ -1,11 +1,15 @@
 //! Configuration files (feature `serde`): every layer's settings, and the standard stack's,
-//! from TOML, JSON or any other serde format.
+//! from TOML, JSON, YAML or any other self-describing serde format.
 //!
-//! Durations are strings with a unit (`"250ms"`, `"30s"`, `"1m30s"`; units `ns`, `us`, `ms`,
-//! `s`, `m`, `h`, `d`). A setting that can be switched off takes `"off"`. A field left out keeps
-//! the builder's value (for the stack, the stack's defaults). Unknown fields are an error, and
-//! each type is validated as it is read, with the same checks as `build()`, so a bad file
-//! fails at load and the error names the field:
+//! - Durations are strings with a unit: `"250ms"`, `"1.5s"`, `"1m30s"` (units `ns`, `us` or
+//!   `µs`, `ms`, `s`, `m` or `min`, `h`, `d`; parts add up).
+//! - A setting that can be switched off takes `"off"` (or `false`).
+//! - A field left out keeps the builder's value; for the stack, the stack's defaults.
+//! - Unknown fields are an error.
+//! - Each type is validated as it is read, as `build()` would validate it applied to the
+//!   defaults (a stack file against the stack's defaults), so a bad file fails at load and
+//!   the error names the field. Applied to a builder changed in code first, `build()` checks
+//!   the result again.
 //!
 //! ```
 //! use bulwark::config::StackConfig;
@@ -37,8 +41,8 @@
 //!
 //! [retry]                                                     # or retry = "off"
 //! max_attempts = 3
-//! backoff = { base = "200ms", factor = 2.0, max = "5s" }
-//! jitter = "decorrelated"                                     # none, full, equal
+//! backoff = { base = "200ms", factor = 2.0, max = "5s" }      # factor: not with decorrelated
+//! jitter = "equal"                                            # none, full, decorrelated
 //! deadline = "4s"                                             # or "off"
 //! budget = { ratio = 0.2, min_per_sec = 10, window = "10s" }  # or "off"
 //!
@@ -75,6 +79,7 @@ use crate::{BulkheadLayer, CircuitBreakerLayer, RetryLayer};
 ///
 /// A message saying what is wrong: no unit, an unknown unit, no number, or too large.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const UNITS: &str = "ns, us, ms, s, m, h, d";
     let s = text.trim();
     if s.is_empty() {
         return Err("a duration must not be empty".into());
@@ -96,18 +101,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let (unit, tail) = tail.split_at(unit_len);
         let scale = match unit {
             "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
+            // The micro sign and the Greek mu both.
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
             "ms" => 1e-3,
             "s" => 1.0,
             "m" | "min" => 60.0,
             "h" => 3600.0,
             "d" => 86_400.0,
             "" => return Err(format!("`{text}` needs a unit, like \"250ms\" or \"30s\"")),
-            other => {
-                return Err(format!(
-                    "`{other}` in `{text}` is not a unit (ns, us, ms, s, m, h, d)"
-                ))
-            }
+            other => return Err(format!("`{other}` in `{text}` is not a unit ({UNITS})")),
         };
         total += number * scale;
         rest = tail.trim_start();
@@ -154,7 +156,25 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Setting<T> {
                 if v == "off" {
                     return Ok(Setting::Off);
                 }
-                T::deserialize(v.into_deserializer()).map(Setting::On)
+                match T::deserialize(v.into_deserializer()) {
+                    Ok(value) => Ok(Setting::On(value)),
+                    // A number that came as a string (from environment variables, say).
+                    Err(err) => match v.trim().parse::<u64>() {
+                        Ok(n) => T::deserialize(n.into_deserializer())
+                            .map(Setting::On)
+                            .map_err(|_: E| err),
+                        Err(_) => Err(err),
+                    },
+                }
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                if v {
+                    Err(E::custom(
+                        "`true` is not a setting: give a value, or \"off\"",
+                    ))
+                } else {
+                    Ok(Setting::Off)
+                }
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
                 T::deserialize(v.into_deserializer()).map(Setting::On)
@@ -183,12 +203,11 @@ fn invalid<E: de::Error>(err: ConfigError) -> E {
 /// A bulkhead's settings; see [`BulkheadLayerBuilder::config`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BulkheadConfig {
-    max_concurrent: Option<usize>,
-    max_wait: Option<Duration>,
+    raw: RawBulkhead,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a bulkhead table")]
 struct RawBulkhead {
     max_concurrent: Option<usize>,
     max_wait: Option<Dur>,
@@ -196,13 +215,11 @@ struct RawBulkhead {
 
 impl<'de> Deserialize<'de> for BulkheadConfig {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = RawBulkhead::deserialize(deserializer)?;
         let config = BulkheadConfig {
-            max_concurrent: raw.max_concurrent,
-            max_wait: raw.max_wait.map(|d| d.0),
+            raw: RawBulkhead::deserialize(deserializer)?,
         };
         // The cap is required by a lone bulkhead, not by the stack: check it only if given.
-        if config.max_concurrent.is_some() {
+        if config.raw.max_concurrent.is_some() {
             BulkheadLayer::builder("config")
                 .config(&config)
                 .validate()
@@ -215,11 +232,11 @@ impl<'de> Deserialize<'de> for BulkheadConfig {
 impl BulkheadLayerBuilder {
     /// Applies the settings `config` gives; the others keep their values.
     pub fn config(mut self, config: &BulkheadConfig) -> Self {
-        if let Some(n) = config.max_concurrent {
+        if let Some(n) = config.raw.max_concurrent {
             self = self.max_concurrent(n);
         }
-        if let Some(wait) = config.max_wait {
-            self = self.max_wait(wait);
+        if let Some(wait) = config.raw.max_wait {
+            self = self.max_wait(wait.0);
         }
         self
     }
@@ -234,17 +251,20 @@ pub struct RetryConfig {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a retry table")]
 struct RawRetry {
     max_attempts: Option<u32>,
     backoff: Option<RawBackoff>,
-    jitter: Option<JitterName>,
+    jitter: Option<Jitter>,
     deadline: Option<Setting<Dur>>,
     budget: Option<Setting<RawBudget>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a backoff table { base, factor, max }"
+)]
 struct RawBackoff {
     base: Dur,
     factor: f64,
@@ -252,20 +272,14 @@ struct RawBackoff {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a budget table { ratio, min_per_sec, window }"
+)]
 struct RawBudget {
     ratio: f64,
     min_per_sec: u32,
     window: Dur,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum JitterName {
-    None,
-    Full,
-    Equal,
-    Decorrelated,
 }
 
 impl<'de> Deserialize<'de> for RetryConfig {
@@ -292,12 +306,7 @@ impl<C> RetryLayerBuilder<C> {
             self = self.backoff(b.base.0, b.factor, b.max.0);
         }
         if let Some(jitter) = raw.jitter {
-            self = self.jitter(match jitter {
-                JitterName::None => Jitter::None,
-                JitterName::Full => Jitter::Full,
-                JitterName::Equal => Jitter::Equal,
-                JitterName::Decorrelated => Jitter::Decorrelated,
-            });
+            self = self.jitter(jitter);
         }
         match raw.deadline {
             Some(Setting::On(d)) => self = self.deadline(d.0),
@@ -324,7 +333,7 @@ pub struct CircuitBreakerConfig {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a circuit breaker table")]
 struct RawBreaker {
     consecutive_failures: Option<Setting<u32>>,
     failure_rate_over_calls: Option<Setting<RawCountRule>>,
@@ -337,7 +346,10 @@ struct RawBreaker {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rule table { rate, window, min_calls }"
+)]
 struct RawCountRule {
     rate: f64,
     window: u32,
@@ -345,7 +357,10 @@ struct RawCountRule {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rule table { rate, span, buckets, min_calls }"
+)]
 struct RawTimeRule {
     rate: f64,
     span: Dur,
@@ -354,14 +369,17 @@ struct RawTimeRule {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a rule table { threshold, rate }")]
 struct RawSlowRule {
     threshold: Dur,
     rate: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a break backoff table { factor, max, jitter }"
+)]
 struct RawBreakBackoff {
     factor: f64,
     max: Dur,
@@ -437,12 +455,14 @@ pub struct StackConfig {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a stack table")]
 struct RawStack {
-    bulkhead: Option<Setting<BulkheadConfig>>,
+    // The stages' own types, unvalidated: the stack validates them together, against the
+    // stack's defaults.
+    bulkhead: Option<Setting<RawBulkhead>>,
     total_timeout: Option<Setting<Dur>>,
-    retry: Option<Setting<RetryConfig>>,
-    circuit_breaker: Option<Setting<CircuitBreakerConfig>>,
+    retry: Option<Setting<RawRetry>>,
+    circuit_breaker: Option<Setting<RawBreaker>>,
     attempt_timeout: Option<Setting<Dur>>,
 }
 
@@ -472,7 +492,7 @@ impl<C: Clone, P: Clone> StackBuilder<C, P> {
                     self = self.max_concurrent(n);
                 }
                 if let Some(wait) = b.max_wait {
-                    self = self.bulkhead_wait(wait);
+                    self = self.bulkhead_wait(wait.0);
                 }
             }
             Some(Setting::Off) => self = self.no_bulkhead(),
@@ -484,12 +504,18 @@ impl<C: Clone, P: Clone> StackBuilder<C, P> {
             None => {}
         }
         match &raw.retry {
-            Some(Setting::On(r)) => self = self.retry(|b| b.config(r)),
+            Some(Setting::On(r)) => {
+                let r = RetryConfig { raw: r.clone() };
+                self = self.retry(|b| b.config(&r));
+            }
             Some(Setting::Off) => self = self.no_retry(),
             None => {}
         }
         match &raw.circuit_breaker {
-            Some(Setting::On(c)) => self = self.circuit_breaker(|b| b.config(c)),
+            Some(Setting::On(c)) => {
+                let c = CircuitBreakerConfig { raw: c.clone() };
+                self = self.circuit_breaker(|b| b.config(&c));
+            }
             Some(Setting::Off) => self = self.no_circuit_breaker(),
             None => {}
         }
@@ -517,6 +543,12 @@ mod tests {
         assert_eq!(parse_duration(" 2h "), Ok(ms(7_200_000)));
         assert_eq!(parse_duration("1 m 5 s"), Ok(ms(65_000)));
         assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_duration("100\u{b5}s"), Ok(Duration::from_micros(100)));
+        assert_eq!(
+            parse_duration("100\u{3bc}s"),
+            Ok(Duration::from_micros(100))
+        );
+        assert_eq!(parse_duration("2min"), Ok(ms(120_000)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
     }
@@ -528,6 +560,10 @@ mod tests {
             .unwrap_err()
             .contains("is not a unit"));
         assert!(parse_duration("").unwrap_err().contains("empty"));
+        assert!(parse_duration("   ").unwrap_err().contains("empty"));
+        assert!(parse_duration("5 \u{3b1}s")
+            .unwrap_err()
+            .contains("is not a unit"));
         assert!(parse_duration("ms").unwrap_err().contains("not a duration"));
         assert!(parse_duration("1.2.3s").is_err());
         assert!(parse_duration("-1s").is_err());

@@ -12,7 +12,10 @@
 //! | Circuit breaker | [`circuit_breaker`] | available |
 //! | Retry with backoff and budget; HTTP replay, `Retry-After`, idempotency | [`retry`] | available |
 //! | Bulkhead | [`bulkhead`] | available |
-//! | Standard stack, generic and HTTP | [`stack`] | available |
+//! | Standard stack: generic, HTTP and gRPC | [`stack`] | available |
+//! | Errors as HTTP responses and `tonic::Status` | `response` (feature `http`) | available |
+//! | Configuration files | `config` (feature `serde`) | available |
+//! | A method per layer on `tower::ServiceBuilder` | [`ServiceBuilderExt`] | available |
 //!
 //! # Example: the standard stack
 //!
@@ -56,7 +59,8 @@
 //! ```
 //!
 //! Each layer is also usable alone, in any `tower::ServiceBuilder`: [`TimeoutLayer`],
-//! [`BulkheadLayer`], [`CircuitBreakerLayer`], [`RetryLayer`].
+//! [`BulkheadLayer`], [`CircuitBreakerLayer`], [`RetryLayer`]; [`ServiceBuilderExt`] adds a
+//! method for each, and `standard_stack` for the whole stack.
 //!
 //! # Shared model
 //!
@@ -72,10 +76,19 @@
 //!
 //! # Feature flags
 //!
-//! - `http` (default): the HTTP and gRPC classifiers in [`classify`], and HTTP retry
-//!   ([`RetryLayer::http`]: replayable bodies, `Retry-After`, idempotency rules), and
-//!   [`response::error_response`], which turns any bulwark error into a 502/503/504 with a
-//!   problem+json body.
+//! - `http` (default): the HTTP and gRPC classifiers in [`classify`]; HTTP and gRPC retry
+//!   ([`RetryLayer::http`], `HttpPolicy::grpc`: replayable bodies, `Retry-After` and gRPC
+//!   pushback, idempotency rules); `StackLayer::http` and `StackLayer::grpc`; and the
+//!   `response` module: `error_response` and `handle_error` turn any bulwark error into a
+//!   502/503/504 with a problem+json body, `StackError` carries one out of handler code.
+//!
+//! - `serde`: the `config` module: every layer's settings and the standard stack's from TOML
+//!   or JSON, with durations such as `"250ms"`, validated as they are read.
+//!
+//! - `axum`: `IntoResponse` for `response::StackError`.
+//!
+//! - `tonic`: `response::error_status` and `From<StackError> for tonic::Status`
+//!   (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`, gRPC retry pushback).
 //!
 //! - `metrics`: counters and gauges through the [`metrics`](https://docs.rs/metrics) facade:
 //!   `bulwark_calls_total{name,outcome}`, `bulwark_circuit_state{name}` (0 closed, 1 open,
@@ -86,8 +99,10 @@
 //!
 //! # Minimum supported Rust version
 //!
-//! The MSRV is 1.85, the MSRV of the tokio version bulwark builds with (declared in
-//! `Cargo.toml`).
+//! The MSRV is 1.88, the MSRV of tonic 0.14, which the `tonic` feature and the tests use
+//! (declared in `Cargo.toml`; this project's CI builds with the current stable only).
+//!
+//! `tower` is a public dependency, through [`ServiceBuilderExt`].
 //!
 //! [`tower::Service`]: tower_service::Service
 

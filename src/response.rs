@@ -1,21 +1,26 @@
-//! Turn any bulwark error into the HTTP response a caller should see (feature `http`).
+//! Turn any bulwark error into the HTTP response, or the `tonic::Status`, a caller should see
+//! (feature `http`).
 //!
-//! [`error_response`] maps an error from a bulwark stack to a status, a `Retry-After` when one
-//! is known, and an `application/problem+json` body (RFC 9457) naming the stack and the
-//! reason. Use it in axum's `HandleErrorLayer`, or in handler code that calls a downstream
-//! through a bulwark stack:
+//! - [`handle_error`] makes the function for axum's `HandleErrorLayer`.
+//! - [`error_response`] (and [`error_response_with`], with another status for the
+//!   downstream's own errors) maps one error to a `Response<String>`.
+//! - [`StackError`] carries an error out of handler code with `?`; with the `axum` feature it
+//!   is an `IntoResponse`.
+//! - `error_status` (feature `tonic`) maps an error to a `tonic::Status`.
+//!
+//! The response has a status, a `Retry-After` when one is known, and an
+//! `application/problem+json` body (RFC 9457) naming the stack and the reason:
 //!
 //! ```
-//! use axum::{error_handling::HandleErrorLayer, response::IntoResponse, routing::get, Router};
-//! use bulwark::{response::error_response, BoxError, BulkheadLayer};
+//! use axum::{error_handling::HandleErrorLayer, routing::get, Router};
+//! use bulwark::response::handle_error;
+//! use bulwark::{BoxError, BulkheadLayer};
 //! use tower::ServiceBuilder;
 //!
 //! # fn app() -> Result<Router, BoxError> {
 //! let app = Router::new().route("/", get(|| async { "ok" })).layer(
 //!     ServiceBuilder::new()
-//!         .layer(HandleErrorLayer::new(|err: BoxError| async move {
-//!             error_response("inventory", &*err).into_response()
-//!         }))
+//!         .layer(HandleErrorLayer::new(handle_error("inventory")))
 //!         .layer(BulkheadLayer::builder("inventory").max_concurrent(64).build()?),
 //! );
 //! # Ok(app)
@@ -147,31 +152,56 @@ fn detail(kind: &ErrorKind, err: &(dyn Error + 'static)) -> String {
 
 /// The `tonic::Status` for an error from the bulwark stack named `stack` (feature `tonic`):
 ///
-/// | Error | Code | Metadata |
+/// | Error | Code | `grpc-retry-pushback-ms` |
 /// | --- | --- | --- |
-/// | `CircuitOpen` | `UNAVAILABLE` | `grpc-retry-pushback-ms`: time to the next probe, when known |
+/// | `CircuitOpen` | `UNAVAILABLE` | time to the next probe, rounded up (at least 1); `-1` (do not retry) when forced open |
 /// | `BulkheadFull` | `RESOURCE_EXHAUSTED` | |
-/// | `RetriesExhausted` with reason `Budget` | `UNAVAILABLE` | |
+/// | `RetriesExhausted` with reason `Budget` | `UNAVAILABLE` | `-1`: the downstream is failing, do not retry |
 /// | `Elapsed` | `DEADLINE_EXCEEDED` | |
-/// | a `tonic::Status` from the downstream | its code | |
+/// | a `tonic::Status` from the downstream | `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED` and `CANCELLED` as they are; any other code becomes `INTERNAL` (the downstream's `NOT_FOUND` or `INVALID_ARGUMENT` says nothing about this caller's request) | |
 /// | anything else | `UNAVAILABLE` | |
 ///
-/// The message is `"{stack}: {detail}"`, with the same detail as [`error_response`]: the
+/// A negative pushback is how a gRPC server tells clients not to retry (gRFC A6). The
+/// message is `"{stack}: {detail}"`, with the same detail as [`error_response`]: the
 /// downstream's own error text is not passed on.
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub fn error_status(stack: &str, err: &(dyn Error + 'static)) -> tonic::Status {
     use tonic::Code;
     let kind = error_kind(err, StatusCode::BAD_GATEWAY);
-    let code = match kind.reason {
-        "circuit_open" | "retry_budget_exhausted" => Code::Unavailable,
-        "bulkhead_full" => Code::ResourceExhausted,
-        "timeout" => Code::DeadlineExceeded,
-        _ => find::<tonic::Status>(err).map_or(Code::Unavailable, tonic::Status::code),
+    let budget_spent = find::<RetriesExhausted>(err).is_some_and(|e| e.reason() == GaveUp::Budget);
+    // The same precedence as `error_kind`.
+    let (code, pushback_ms) = match rejection(err) {
+        Some(Rejection::CircuitOpen(open)) => {
+            let pushback = match open.retry_after() {
+                Some(after) => {
+                    let ms = after.as_nanos().div_ceil(1_000_000).max(1);
+                    i64::try_from(ms).unwrap_or(i64::MAX)
+                }
+                None => -1,
+            };
+            (Code::Unavailable, Some(pushback))
+        }
+        Some(Rejection::BulkheadFull(_)) => (Code::ResourceExhausted, None),
+        _ if budget_spent => (Code::Unavailable, Some(-1)),
+        Some(Rejection::Elapsed(_)) => (Code::DeadlineExceeded, None),
+        _ => {
+            let code = match find::<tonic::Status>(err).map(tonic::Status::code) {
+                None => Code::Unavailable,
+                Some(
+                    code @ (Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::Cancelled),
+                ) => code,
+                Some(_) => Code::Internal,
+            };
+            (code, None)
+        }
     };
     let mut status = tonic::Status::new(code, format!("{stack}: {}", detail(&kind, err)));
-    if let Some(after) = kind.retry_after {
-        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    if let Some(ms) = pushback_ms {
         status
             .metadata_mut()
             .insert("grpc-retry-pushback-ms", ms.into());
@@ -225,8 +255,10 @@ pub fn handle_error(
 /// # }
 /// ```
 ///
-/// Its `Display` is the underlying error's; its [`source`](Error::source) is the underlying
-/// error, so [`find`] and [`rejection`] work through it.
+/// It displays as ``call through stack `inventory` failed``; its [`source`](Error::source)
+/// is the underlying error, so error reports show both, and [`find`] and [`rejection`] work
+/// through it. [`fallback`](Self::fallback) is the HTTP status for the downstream's own
+/// errors; the gRPC mapping (`From<StackError> for tonic::Status`) has its own.
 pub struct StackError {
     stack: Arc<str>,
     error: BoxError,
@@ -289,7 +321,7 @@ impl fmt::Debug for StackError {
 
 impl fmt::Display for StackError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}`: {}", self.stack, self.error)
+        write!(f, "call through stack `{}` failed", self.stack)
     }
 }
 

@@ -1,6 +1,7 @@
 //! axum integration: `response::handle_error` in a `HandleErrorLayer`, `StackError` as a
 //! handler's error (feature `axum`), and `ServiceBuilderExt` building the stack. Driven with
 //! `oneshot` on the router, on the paused clock.
+#![cfg(feature = "http")]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,9 +38,9 @@ async fn send(app: &Router, path: &str) -> (StatusCode, Option<String>, String) 
     )
 }
 
-/// Layers around a route: the route's own 30 s sleep meets a 1 s timeout, and the error
-/// becomes a 504 problem+json through `handle_error`. (The standard stack needs `Clone`
-/// requests for its retry stage, which an axum route's are not; a route takes the layers
+/// Layers around a route: a second request meets the full bulkhead (503), the route's own
+/// 30 s sleep meets a 1 s timeout (504), both problem+json through `handle_error`. (The
+/// standard stack needs `Clone` requests for its retry stage, which an axum route's are not; a route takes the layers
 /// one by one, a downstream client takes the stack.)
 #[tokio::test(start_paused = true)]
 async fn handle_error_turns_a_layer_error_into_a_problem_response() {
@@ -56,13 +57,26 @@ async fn handle_error_turns_a_layer_error_into_a_problem_response() {
                 .layer(HandleErrorLayer::new(handle_error("slow-route")))
                 .bulkhead(
                     BulkheadLayer::builder("slow-route")
-                        .max_concurrent(8)
+                        .max_concurrent(1)
                         .build()
                         .unwrap(),
                 )
                 .timeout_after(Duration::from_secs(1)),
         );
+    // The first request takes the one slot; a second at the same time is turned away.
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, "/slow").await }
+    });
+    tokio::task::yield_now().await;
     let (status, _, body) = send(&app, "/slow").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.contains(r#""stack":"slow-route","reason":"bulkhead_full""#),
+        "{body}"
+    );
+
+    let (status, _, body) = first.await.unwrap();
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert!(
         body.contains(r#""stack":"slow-route","reason":"timeout""#),

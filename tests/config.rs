@@ -169,6 +169,54 @@ fn validation_runs_at_load_and_names_the_field() {
     assert!(e.contains("`break_duration` must be at least 1 ms"), "{e}");
 }
 
+/// A stack file is validated against the stack's defaults, not a lone layer's: the stack's
+/// breaker has a rate rule, so its streak rule may go and a slow-call rule may come alone.
+#[test]
+fn a_partial_stack_section_is_judged_against_the_stacks_defaults() {
+    for text in [
+        "[circuit_breaker]\nconsecutive_failures = \"off\"",
+        "[circuit_breaker]\nslow_calls = { threshold = \"2s\", rate = 0.8 }",
+        "[circuit_breaker]\nbreak_duration = \"5s\"\nbreak_backoff = { factor = 2.0, max = \"20s\", jitter = 0.0 }",
+    ] {
+        let config: StackConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let stack = StackLayer::builder("s").config(&config).build().unwrap();
+        assert!(stack.handle().circuit_breaker().is_some());
+    }
+    // A lone breaker has no rate rule by default: the same section is refused there.
+    let e = toml_err::<CircuitBreakerConfig>("consecutive_failures = \"off\"");
+    assert!(
+        e.contains("invalid circuit breaker config: `consecutive_failures` is off"),
+        "{e}"
+    );
+    // And the stack-wide rule names the stack.
+    let e = toml_err::<StackConfig>(
+        "[circuit_breaker]\nconsecutive_failures = \"off\"\nfailure_rate_over_calls = \"off\"",
+    );
+    assert!(
+        e.contains("invalid circuit breaker config: `consecutive_failures` is off"),
+        "{e}"
+    );
+}
+
+/// Values from loaders that give strings (environment variables) and `false` for "off".
+#[test]
+fn numbers_as_strings_and_false_as_off() {
+    let config: StackConfig = serde_json::from_str(
+        r#"{ "retry": false, "circuit_breaker": { "consecutive_failures": "3" } }"#,
+    )
+    .unwrap();
+    let handle = StackLayer::builder("s")
+        .config(&config)
+        .build()
+        .unwrap()
+        .handle();
+    assert!(handle.retry().is_none());
+    let e = json_err::<StackConfig>(r#"{ "retry": true }"#);
+    assert!(e.contains("`true` is not a setting"), "{e}");
+    let e = json_err::<StackConfig>(r#"{ "retry": 3 }"#);
+    assert!(e.contains("expected a retry table"), "{e}");
+}
+
 #[test]
 fn off_switches_a_stage_off() {
     let config: StackConfig =

@@ -1,5 +1,6 @@
 //! The HTTP standard stack around hyper-util's legacy `Client`, against a loopback server that
 //! fails, slows down and refuses connections on demand. Paused clock throughout.
+#![cfg(feature = "http")]
 
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;

@@ -484,7 +484,7 @@ impl Core {
         };
         let until = self.since_base(now) + self.policy.break_for(trips, random);
         // Round up: a break never ends early.
-        let ms = until.as_millis() + u128::from(until.subsec_nanos() % 1_000_000 != 0);
+        let ms = until.as_millis() + u128::from(!until.subsec_nanos().is_multiple_of(1_000_000));
         ms.min(u128::from(u64::MAX)) as u64
     }
 
@@ -814,7 +814,7 @@ mod tests {
                                 }
                                 std::thread::yield_now();
                                 *table.lock().unwrap().get_mut(&generation).unwrap() -= 1;
-                                if rng % 7 == 0 {
+                                if rng.is_multiple_of(7) {
                                     c.abandon(p);
                                 } else {
                                     c.complete(p, outcome, None, Some(now));

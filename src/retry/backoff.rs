@@ -8,6 +8,11 @@ use std::time::Duration;
 ///
 /// With `exp = min(base * factor^(retry - 1), max)`:
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum Jitter {
     /// Exactly `exp`.

@@ -18,13 +18,17 @@ pub enum GaveUp {
     /// A circuit breaker rejected the call and will not let a probe through before the next
     /// attempt (or is forced open).
     CircuitOpen,
-    /// The downstream asked (with `Retry-After`) for a longer wait than the layer's cap.
+    /// The downstream asked (with `Retry-After` or gRPC pushback) for a longer wait than the
+    /// layer's cap.
     RetryAfter,
+    /// The downstream asked not to be retried: a gRPC `grpc-retry-pushback-ms` that is not a
+    /// non-negative integer (gRFC A6).
+    Refused,
 }
 
 impl GaveUp {
     /// A short lowercase description, stable for logs and metrics labels: `max attempts`,
-    /// `budget`, `deadline`, `circuit open`, `retry-after too long`.
+    /// `budget`, `deadline`, `circuit open`, `retry-after too long`, `refused by server`.
     pub const fn as_str(self) -> &'static str {
         match self {
             GaveUp::MaxAttempts => "max attempts",
@@ -32,6 +36,7 @@ impl GaveUp {
             GaveUp::Deadline => "deadline",
             GaveUp::CircuitOpen => "circuit open",
             GaveUp::RetryAfter => "retry-after too long",
+            GaveUp::Refused => "refused by server",
         }
     }
 }
@@ -55,7 +60,9 @@ pub struct RetriesExhausted {
 }
 
 impl RetriesExhausted {
-    pub(crate) fn new(attempts: u32, reason: GaveUp, last: BoxError) -> Self {
+    /// The error of a call that gave up after `attempts` attempts for `reason`, with the last
+    /// attempt's error (for tests of error handling, say).
+    pub fn new(attempts: u32, reason: GaveUp, last: BoxError) -> Self {
         RetriesExhausted {
             attempts,
             reason,

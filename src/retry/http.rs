@@ -106,9 +106,11 @@ impl HttpPolicy {
     ///   usable one, the code its HTTP status maps to) is `UNAVAILABLE`, whatever the method:
     ///   every gRPC call is a POST, and choosing this policy says the service's methods may be
     ///   sent again. [`grpc_retry_codes`](Self::grpc_retry_codes) changes the codes.
-    /// - A `grpc-retry-pushback-ms` header sets the least wait before the next attempt, capped
-    ///   as `Retry-After` is; one that is not a non-negative integer ends the retries (the
-    ///   server said not to retry).
+    /// - A `grpc-retry-pushback-ms` header sets the least wait before the next attempt (the
+    ///   backoff still applies when longer: a floor, where gRFC A6 waits exactly the
+    ///   pushback); one above `retry_after_cap` ends the retries (`GaveUp::RetryAfter`), and one
+    ///   that is not a non-negative integer too (`GaveUp::Refused`: the server said not to
+    ///   retry).
     /// - Errors are retried as for HTTP: with an `idempotency-key` (metadata are headers), or
     ///   when the request provably never left.
     /// - Bodies, the attempt header and [`Attempts`] as for HTTP.
@@ -120,7 +122,9 @@ impl HttpPolicy {
     }
 
     /// In gRPC mode, the status codes to retry (default: 14, `UNAVAILABLE`). Codes above 16
-    /// are ignored. Switches a plain HTTP policy to gRPC mode.
+    /// are not codes gRPC defines and are ignored; a response carrying one is read as
+    /// `UNKNOWN` (2), as gRPC clients do. Calling this on a plain HTTP policy switches it to
+    /// gRPC mode, with what that means for POSTs (see [`grpc`](Self::grpc)).
     pub fn grpc_retry_codes(mut self, codes: &[u32]) -> Self {
         let mask = codes
             .iter()
@@ -133,7 +137,9 @@ impl HttpPolicy {
     /// The verdict on a gRPC response in gRPC mode.
     fn grpc_verdict<R>(&self, codes: u32, response: &Response<R>) -> Verdict {
         let code = crate::classify::GrpcClassifier::code(response.status(), response.headers());
-        if code > 16 || codes & (1 << code) == 0 {
+        // A code gRPC does not define is UNKNOWN, as the breaker's classifier reads it.
+        let code = if code > 16 { 2 } else { code };
+        if codes & (1 << code) == 0 {
             return Verdict::Return;
         }
         let Some(value) = response.headers().get(GRPC_PUSHBACK) else {
@@ -147,7 +153,8 @@ impl HttpPolicy {
             .map(|t| Duration::from_millis(t.parse::<u64>().unwrap_or(u64::MAX)));
         match pushback {
             Some(wait) if wait <= self.retry_after_cap => Verdict::RetryAfter(wait),
-            _ => Verdict::GiveUp(GaveUp::RetryAfter),
+            Some(_) => Verdict::GiveUp(GaveUp::RetryAfter),
+            None => Verdict::GiveUp(GaveUp::Refused),
         }
     }
 
@@ -759,17 +766,32 @@ mod tests {
             grpc_verdict(&p, grpc_answer(Some("14"), Some("250"))),
             Verdict::RetryAfter(Duration::from_millis(250))
         );
-        for bad in ["-1", "soon", "", "1.5", "31000"] {
+        for bad in ["-1", "soon", "", "1.5"] {
             assert_eq!(
                 grpc_verdict(&p, grpc_answer(Some("14"), Some(bad))),
-                Verdict::GiveUp(GaveUp::RetryAfter),
+                Verdict::GiveUp(GaveUp::Refused),
                 "{bad:?}"
             );
         }
+        assert_eq!(
+            grpc_verdict(&p, grpc_answer(Some("14"), Some("31000"))),
+            Verdict::GiveUp(GaveUp::RetryAfter),
+            "over the cap"
+        );
         // Other codes on request; a plain HTTP policy does not retry a POST's UNAVAILABLE.
         let p = HttpPolicy::grpc().grpc_retry_codes(&[8, 14, 99]);
         assert_eq!(
             grpc_verdict(&p, grpc_answer(Some("8"), None)),
+            Verdict::Retry
+        );
+        assert_eq!(
+            grpc_verdict(&p, grpc_answer(Some("99"), None)),
+            Verdict::Return
+        );
+        // A code above 16 is UNKNOWN: retried when UNKNOWN is.
+        let p = HttpPolicy::grpc().grpc_retry_codes(&[2]);
+        assert_eq!(
+            grpc_verdict(&p, grpc_answer(Some("99"), None)),
             Verdict::Retry
         );
         assert_eq!(

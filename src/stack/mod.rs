@@ -477,6 +477,30 @@ mod http_stack {
         /// ([`GrpcClassifier`]), retry follows [`HttpPolicy::grpc`] (`UNAVAILABLE` retried,
         /// `grpc-retry-pushback-ms` honoured, replayable bodies). Finish with
         /// [`build_http`](StackBuilder::build_http).
+        ///
+        /// The stack sends `Request<ReplayBody<B>>`; a tonic `Channel` takes tonic's own body,
+        /// so one `map_request` goes between them, and a generated client is built over the
+        /// whole (`tests/grpc/` runs this against a real tonic server):
+        ///
+        /// ```
+        /// use bulwark::retry::ReplayBody;
+        /// use bulwark::stack::StackLayer;
+        /// use tonic::body::Body;
+        /// use tonic::transport::Channel;
+        /// use tower::ServiceBuilder;
+        ///
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), bulwark::BoxError> {
+        /// let channel = Channel::from_static("http://127.0.0.1:50051").connect_lazy();
+        /// let client = ServiceBuilder::new()
+        ///     .layer(StackLayer::grpc("payments").build_http()?)
+        ///     .map_request(|r: http::Request<ReplayBody<Body>>| r.map(Body::new))
+        ///     .service(channel);
+        /// // Then `PaymentsClient::new(client)` for a generated `PaymentsClient`.
+        /// # let _ = client;
+        /// # Ok(())
+        /// # }
+        /// ```
         pub fn grpc(name: impl Into<Arc<str>>) -> StackBuilder<GrpcClassifier, HttpPolicy> {
             StackLayer::builder(name)
                 .breaker_classifier(GrpcClassifier::new())

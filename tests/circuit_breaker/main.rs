@@ -674,7 +674,7 @@ async fn under_two_thread_contention_the_probe_limit_holds_and_counters_add_up()
                 }
                 completed.fetch_add(1, Ordering::SeqCst);
                 // Fail in bursts so the breaker keeps cycling.
-                if (i / 7) % 3 == 0 {
+                if (i / 7).is_multiple_of(3) {
                     Err(DownstreamError("down"))
                 } else {
                     Ok(())

@@ -67,16 +67,27 @@ impl Decoder for U32Codec {
 
 // === server: /bulwark.test.Counter/Next returns n + 1, or UNAVAILABLE on demand ===
 
+/// How failing calls fail: their code, and a `grpc-retry-pushback-ms` if any.
+type Failure = (tonic::Code, Option<&'static str>);
+
 /// The server's state; clones share it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CounterServer {
     fail_next: Arc<AtomicU32>,
     calls: Arc<AtomicU32>,
+    /// How the failing calls fail: their code, and a `grpc-retry-pushback-ms` if any.
+    failure: Arc<std::sync::Mutex<Option<Failure>>>,
 }
 
 impl CounterServer {
     /// The next `n` calls answer UNAVAILABLE.
     pub(crate) fn fail_next(&self, n: u32) {
+        self.fail_next_with(n, tonic::Code::Unavailable, None);
+    }
+
+    /// The next `n` calls answer `code`, with `pushback` as `grpc-retry-pushback-ms`.
+    pub(crate) fn fail_next_with(&self, n: u32, code: tonic::Code, pushback: Option<&'static str>) {
+        *self.failure.lock().unwrap() = Some((code, pushback));
         self.fail_next.store(n, Ordering::SeqCst);
     }
 
@@ -102,7 +113,15 @@ impl UnaryService<u32> for Next {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         std::future::ready(if fail {
-            Err(Status::unavailable("injected failure"))
+            let failure = *self.0.failure.lock().unwrap();
+            let (code, pushback) = failure.unwrap_or((tonic::Code::Unavailable, None));
+            let mut status = Status::new(code, "injected failure");
+            if let Some(pushback) = pushback {
+                status
+                    .metadata_mut()
+                    .insert("grpc-retry-pushback-ms", pushback.parse().unwrap());
+            }
+            Err(status)
         } else {
             Ok(tonic::Response::new(request.into_inner().wrapping_add(1)))
         })

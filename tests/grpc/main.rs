@@ -1,7 +1,9 @@
 //! The gRPC standard stack (`StackLayer::grpc`) around a real tonic `Channel`, against a real
-//! tonic server on loopback that answers UNAVAILABLE on demand: a retry that succeeds, a
-//! breaker that opens on UNAVAILABLE and fails fast, `grpc-retry-pushback-ms`, recovery, and
-//! (feature `tonic`) bulwark errors as `tonic::Status`. Paused clock throughout.
+//! tonic server on loopback that fails on demand with a chosen code and pushback: a retry that
+//! succeeds, a breaker that opens on UNAVAILABLE and fails fast, the server's
+//! `grpc-retry-pushback-ms`, codes that are not retried, recovery, and (feature `tonic`)
+//! bulwark errors as `tonic::Status`. Paused clock throughout.
+#![cfg(feature = "http")]
 
 mod harness;
 
@@ -98,6 +100,53 @@ async fn unavailable_opens_the_breaker_which_fails_fast_then_recovers() {
     assert_eq!(server.calls(), 4);
 }
 
+/// The server's `grpc-retry-pushback-ms`: a wait before the retry, or, negative, no retry.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_servers_pushback_sets_the_wait_or_stops_the_retries() {
+    let server = CounterServer::default();
+    let svc = client(&server, stack()).await;
+
+    server.fail_next_with(1, Code::Unavailable, Some("250"));
+    let started = tokio::time::Instant::now();
+    assert_eq!(next(svc.clone(), 1).await.unwrap().into_inner(), 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.calls(), 2);
+
+    server.fail_next_with(1, Code::Unavailable, Some("-1"));
+    let status = next(svc.clone(), 1).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(server.calls(), 3, "not retried");
+}
+
+/// A code other than UNAVAILABLE is not retried; the breaker counts the failing ones.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn other_codes_are_not_retried_and_the_breaker_counts_failures() {
+    let server = CounterServer::default();
+    let stack = stack();
+    let handle = stack.handle();
+    let svc = client(&server, stack).await;
+
+    server.fail_next_with(1, Code::Internal, None);
+    assert_eq!(
+        next(svc.clone(), 1).await.unwrap_err().code(),
+        Code::Internal
+    );
+    server.fail_next_with(1, Code::NotFound, None);
+    assert_eq!(
+        next(svc.clone(), 1).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(server.calls(), 2, "neither was retried");
+    let breaker = handle.circuit_breaker().unwrap();
+    // INTERNAL is a failure, NOT_FOUND is the caller's problem: the streak is 0 after it.
+    assert_eq!(breaker.counters().failures, 1);
+    assert_eq!(breaker.consecutive_failures(), 0);
+}
+
 #[cfg(feature = "tonic")]
 mod status_mapping {
     use super::*;
@@ -141,13 +190,46 @@ mod status_mapping {
         let forced: BoxError = Box::new(CircuitOpen::new("inv", CircuitState::ForcedOpen, None));
         let status = error_status("inv", &*forced);
         assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.metadata().get("grpc-retry-pushback-ms").is_none());
 
-        // The downstream's own status keeps its code, not its message.
+        // The downstream's own status: a transient code is kept, any other becomes INTERNAL;
+        // its message is not passed on.
         let theirs: BoxError = Box::new(tonic::Status::not_found("row 17 of /var/db/secret"));
         let status = error_status("inv", &*theirs);
-        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("secret"), "{}", status.message());
+        let theirs: BoxError = Box::new(tonic::Status::resource_exhausted("quota"));
+        assert_eq!(
+            error_status("inv", &*theirs).code(),
+            Code::ResourceExhausted
+        );
+
+        // Pushback: rounded up to at least 1 ms; -1 (do not retry) when forced open or when
+        // the retry budget is spent.
+        let soon: BoxError = Box::new(CircuitOpen::new(
+            "inv",
+            CircuitState::HalfOpen,
+            Some(Duration::from_micros(500)),
+        ));
+        let pushback = |s: &tonic::Status| {
+            s.metadata()
+                .get("grpc-retry-pushback-ms")
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(pushback(&error_status("inv", &*soon)).as_deref(), Some("1"));
+        assert_eq!(
+            pushback(&error_status("inv", &*forced)).as_deref(),
+            Some("-1")
+        );
+        let spent: BoxError = Box::new(bulwark::retry::error::RetriesExhausted::new(
+            2,
+            bulwark::retry::error::GaveUp::Budget,
+            Box::new(std::io::Error::other("reset")),
+        ));
+        let status = error_status("inv", &*spent);
+        assert_eq!(
+            (status.code(), pushback(&status).as_deref()),
+            (Code::Unavailable, Some("-1"))
+        );
         // Anything else is UNAVAILABLE.
         let io: BoxError = Box::new(std::io::Error::other("reset by 10.0.0.1"));
         let status = error_status("inv", &*io);
