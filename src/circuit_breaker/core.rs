@@ -267,17 +267,27 @@ impl Core {
     ) {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         self.meters.call(outcome);
-        // The common case, a success while Closed with no failure streak and no window to
-        // feed (and no slow-call rule, as windows come with it): one load, nothing written.
-        if let (Pass::Closed(generation), Outcome::Success, false) =
-            (pass, outcome, self.has_windows)
-        {
+        // The common case, a success while Closed with no failure streak: nothing to judge.
+        // With no window to feed (and no slow-call rule, as windows come with it), one load
+        // and nothing written; with only a count window already past its minimum of calls
+        // (so a success cannot bring it to where a rate is judged), the window records it.
+        if let (Pass::Closed(generation), Outcome::Success) = (pass, outcome) {
             let word = self.load();
             if word.state() == CircuitState::Closed
                 && word.generation() == generation
                 && word.failures() == 0
             {
-                return;
+                if !self.has_windows {
+                    return;
+                }
+                if let (Some(window), Some(rule), None, None) =
+                    (&self.count, self.policy.count, &self.time, self.policy.slow)
+                {
+                    if window.calls() > rule.min_calls {
+                        window.record(false, false);
+                        return;
+                    }
+                }
             }
         }
         self.complete_slow(pass, outcome, elapsed, now);
