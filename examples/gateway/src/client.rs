@@ -1,0 +1,166 @@
+//! A client of one downstream service: hyper-util's client inside a bulwark HTTP standard
+//! stack named after the service, with its own breaker, bulkhead and retry budget.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode};
+use bulwark::response::{error_kind, ErrorKind};
+use bulwark::retry::ReplayBody;
+use bulwark::stack::{HttpStackLayer, StackHandle};
+use bulwark::BoxError;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+/// The headers a gateway request passes on to every downstream call it makes.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// `x-request-id`.
+    pub request_id: Option<HeaderValue>,
+    /// `traceparent`.
+    pub traceparent: Option<HeaderValue>,
+}
+
+/// A downstream's answer: its status and body, read whole within the attempt timeout.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status.
+    pub status: StatusCode,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, BoxError> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+
+    /// The `error` field of a JSON error body, if any.
+    pub fn error_code(&self) -> Option<String> {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()?
+            .get("error")?
+            .as_str()
+            .map(str::to_owned)
+    }
+}
+
+/// Why a call to a downstream did not give an answer.
+#[derive(Debug)]
+pub struct Unavailable {
+    /// The service.
+    pub service: &'static str,
+    /// What the error means for the caller: status, `Retry-After`, reason.
+    pub kind: ErrorKind,
+    /// The error, for logs (not for responses).
+    pub error: BoxError,
+}
+
+type Svc = BoxCloneSyncService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
+
+/// One downstream service, called through its own stack.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    name: &'static str,
+    base: String,
+    svc: Svc,
+    handle: StackHandle,
+    description: String,
+}
+
+impl Downstream {
+    /// A client of `name` at `base` (`http://host:port`), through `stack`.
+    pub fn new(name: &'static str, base: &str, stack: HttpStackLayer) -> Self {
+        let handle = stack.handle();
+        let description = format!("{stack:?}");
+        let client: Client<_, ReplayBody<Full<Bytes>>> = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build_http();
+        // Read the whole body inside the stack, so the attempt timeout covers it and a retry
+        // sees the complete answer.
+        let inner = client.map_err(BoxError::from).and_then(
+            |response: Response<hyper::body::Incoming>| async move {
+                let (parts, body) = response.into_parts();
+                let body = body.collect().await?.to_bytes();
+                Ok::<_, BoxError>(Response::from_parts(parts, body))
+            },
+        );
+        let svc = ServiceBuilder::new().layer(stack).service(inner);
+        Downstream {
+            name,
+            base: base.trim_end_matches('/').to_owned(),
+            svc: BoxCloneSyncService::new(svc),
+            handle,
+            description,
+        }
+    }
+
+    /// The stack's settings, as its `Debug` shows them.
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The stack's handle: breaker state, bulkhead, retries.
+    pub fn handle(&self) -> &StackHandle {
+        &self.handle
+    }
+
+    /// Calls `method path` with an optional JSON body and `Idempotency-Key`.
+    pub async fn call(
+        &self,
+        ctx: &Context,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, Unavailable> {
+        let unavailable = |error: BoxError| Unavailable {
+            service: self.name,
+            kind: error_kind(&*error, StatusCode::BAD_GATEWAY),
+            error,
+        };
+        let body = match body {
+            Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| unavailable(e.into()))?),
+            None => Bytes::new(),
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header("content-type", "application/json");
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        if let Some(id) = &ctx.request_id {
+            request = request.header("x-request-id", id.clone());
+        }
+        if let Some(tp) = &ctx.traceparent {
+            request = request.header("traceparent", tp.clone());
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| unavailable(e.into()))?;
+        match self.svc.clone().oneshot(request).await {
+            Ok(response) => Ok(Answer {
+                status: response.status(),
+                body: response.into_body(),
+            }),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+}

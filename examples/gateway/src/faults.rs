@@ -1,0 +1,147 @@
+//! Switchable faults for the embedded downstream services: an error rate, added latency, and
+//! "down" (the service's listener closes, so connections are refused).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::json_error;
+
+/// The faults of one service, shared by its server and the gateway's admin API.
+#[derive(Debug)]
+pub struct Faults {
+    /// `error_rate` as the bits of an `f64` in [0, 1].
+    error_rate: AtomicU64,
+    latency_ms: AtomicU64,
+    down: watch::Sender<bool>,
+    rng: AtomicU64,
+}
+
+/// The faults as the admin API shows and takes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSettings {
+    /// The share of requests answered 503 at once, in [0, 1].
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Latency added to every request, in milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Whether the service refuses connections.
+    #[serde(default)]
+    pub down: bool,
+}
+
+impl FaultSettings {
+    /// Checks the settings; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err("`error_rate` must be between 0.0 and 1.0".into());
+        }
+        if self.latency_ms > 600_000 {
+            return Err("`latency_ms` must be at most 600000 (10 minutes)".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            error_rate: AtomicU64::new(0f64.to_bits()),
+            latency_ms: AtomicU64::new(0),
+            down: watch::Sender::new(false),
+            rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        }
+    }
+}
+
+impl Faults {
+    /// The current settings.
+    pub fn get(&self) -> FaultSettings {
+        FaultSettings {
+            error_rate: f64::from_bits(self.error_rate.load(Ordering::Relaxed)),
+            latency_ms: self.latency_ms.load(Ordering::Relaxed),
+            down: *self.down.borrow(),
+        }
+    }
+
+    /// Applies `settings` (validated by the caller).
+    pub fn set(&self, settings: FaultSettings) {
+        self.error_rate
+            .store(settings.error_rate.to_bits(), Ordering::Relaxed);
+        self.latency_ms
+            .store(settings.latency_ms, Ordering::Relaxed);
+        self.down.send_replace(settings.down);
+    }
+
+    /// Watches the `down` switch.
+    pub fn watch_down(&self) -> watch::Receiver<bool> {
+        self.down.subscribe()
+    }
+
+    /// A uniform number in [0, 1).
+    fn random(&self) -> f64 {
+        let mut x = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 27;
+        x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The faults of every embedded service, by name.
+#[derive(Debug, Clone, Default)]
+pub struct FaultRegistry {
+    services: BTreeMap<&'static str, Arc<Faults>>,
+}
+
+impl FaultRegistry {
+    /// A registry for `names`, all healthy.
+    pub fn new(names: &[&'static str]) -> Self {
+        FaultRegistry {
+            services: names
+                .iter()
+                .map(|&n| (n, Arc::new(Faults::default())))
+                .collect(),
+        }
+    }
+
+    /// The faults of `service`.
+    pub fn get(&self, service: &str) -> Option<&Arc<Faults>> {
+        self.services.get(service)
+    }
+
+    /// Every service's settings.
+    pub fn all(&self) -> BTreeMap<&'static str, FaultSettings> {
+        self.services.iter().map(|(n, f)| (*n, f.get())).collect()
+    }
+}
+
+/// Middleware for a downstream service: adds the latency, then fails the configured share of
+/// requests with a 503.
+pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: Next) -> Response {
+    let settings = faults.get();
+    if settings.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
+    }
+    if settings.error_rate > 0.0 && faults.random() < settings.error_rate {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "injected_fault",
+            "failed by the fault switch",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}

@@ -1,0 +1,218 @@
+//! The inventory service: a catalog with stock and prices, and reservations of stock for
+//! orders. Its data is its own (in memory).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::{json_body, json_error, Item};
+
+/// One product.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Product {
+    /// Stock-keeping unit.
+    pub sku: String,
+    /// Display name.
+    pub name: String,
+    /// Price of one unit, in cents.
+    pub unit_price_cents: u64,
+    /// Units that can be reserved now.
+    pub available: u64,
+}
+
+/// A reservation of stock for one order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Reservation {
+    /// Its id.
+    pub reservation_id: String,
+    /// The order it is for.
+    pub order_id: String,
+    /// What is reserved.
+    pub items: Vec<Item>,
+    /// The price of the reserved items, in cents.
+    pub total_cents: u64,
+    /// `reserved` or `released`.
+    pub status: String,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    products: BTreeMap<String, Product>,
+    reservations: HashMap<String, Reservation>,
+    by_order: HashMap<String, String>,
+    next_id: u64,
+}
+
+/// The inventory service's state.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    store: Arc<Mutex<Store>>,
+}
+
+impl Default for Inventory {
+    fn default() -> Self {
+        let mut store = Store::default();
+        for (sku, name, price, stock) in [
+            ("sku-anvil", "Anvil", 4_999, 20),
+            ("sku-rope", "Rope, 10 m", 1_250, 100),
+            ("sku-lamp", "Lamp", 2_500, 5),
+            ("sku-rare", "Rare coin", 99_900, 1),
+        ] {
+            store.products.insert(
+                sku.to_owned(),
+                Product {
+                    sku: sku.to_owned(),
+                    name: name.to_owned(),
+                    unit_price_cents: price,
+                    available: stock,
+                },
+            );
+        }
+        Inventory {
+            store: Arc::new(Mutex::new(store)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReserveRequest {
+    order_id: String,
+    items: Vec<Item>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ByOrder {
+    order_id: String,
+}
+
+impl Inventory {
+    /// The service's routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/catalog", get(catalog))
+            .route("/reservations", post(reserve).get(lookup))
+            .route("/reservations/{id}", delete(release))
+            .with_state(self.clone())
+    }
+
+    /// Units reserved (not released) across all orders, and the active reservations.
+    pub fn reserved(&self) -> Vec<Reservation> {
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        store
+            .reservations
+            .values()
+            .filter(|r| r.status == "reserved")
+            .cloned()
+            .collect()
+    }
+}
+
+async fn catalog(State(inv): State<Inventory>) -> Json<Vec<Product>> {
+    let store = inv.store.lock().unwrap_or_else(|e| e.into_inner());
+    Json(store.products.values().cloned().collect())
+}
+
+async fn reserve(State(inv): State<Inventory>, body: axum::body::Bytes) -> Response {
+    let request: ReserveRequest = match json_body(&body) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let mut store = inv.store.lock().unwrap_or_else(|e| e.into_inner());
+    // One reservation per order: a retried request gets the first one back.
+    if let Some(existing) = store
+        .by_order
+        .get(&request.order_id)
+        .and_then(|id| store.reservations.get(id))
+        .filter(|r| r.status == "reserved")
+    {
+        return (StatusCode::OK, Json(existing.clone())).into_response();
+    }
+    let mut total = 0u64;
+    for item in &request.items {
+        let Some(product) = store.products.get(&item.sku) else {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_sku",
+                &format!("no product `{}`", item.sku),
+            )
+            .into_response();
+        };
+        if product.available < item.qty {
+            return json_error(
+                StatusCode::CONFLICT,
+                "insufficient_stock",
+                &format!(
+                    "`{}`: {} wanted, {} available",
+                    item.sku, item.qty, product.available
+                ),
+            )
+            .into_response();
+        }
+        total += product.unit_price_cents * item.qty;
+    }
+    for item in &request.items {
+        if let Some(product) = store.products.get_mut(&item.sku) {
+            product.available -= item.qty;
+        }
+    }
+    store.next_id += 1;
+    let reservation = Reservation {
+        reservation_id: format!("res-{}", store.next_id),
+        order_id: request.order_id.clone(),
+        items: request.items,
+        total_cents: total,
+        status: "reserved".into(),
+    };
+    store
+        .by_order
+        .insert(request.order_id, reservation.reservation_id.clone());
+    store
+        .reservations
+        .insert(reservation.reservation_id.clone(), reservation.clone());
+    (StatusCode::CREATED, Json(reservation)).into_response()
+}
+
+async fn release(State(inv): State<Inventory>, Path(id): Path<String>) -> Response {
+    let mut store = inv.store.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(reservation) = store.reservations.get(&id).cloned() else {
+        return json_error(StatusCode::NOT_FOUND, "not_found", "no such reservation")
+            .into_response();
+    };
+    // Releasing twice is harmless: the stock goes back once.
+    if reservation.status == "reserved" {
+        for item in &reservation.items {
+            if let Some(product) = store.products.get_mut(&item.sku) {
+                product.available += item.qty;
+            }
+        }
+        if let Some(r) = store.reservations.get_mut(&id) {
+            r.status = "released".into();
+        }
+    }
+    let current = store.reservations.get(&id).cloned();
+    (StatusCode::OK, Json(current)).into_response()
+}
+
+async fn lookup(State(inv): State<Inventory>, Query(q): Query<ByOrder>) -> Response {
+    let store = inv.store.lock().unwrap_or_else(|e| e.into_inner());
+    match store
+        .by_order
+        .get(&q.order_id)
+        .and_then(|id| store.reservations.get(id))
+    {
+        Some(r) => (StatusCode::OK, Json(r.clone())).into_response(),
+        None => json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no reservation for the order",
+        )
+        .into_response(),
+    }
+}

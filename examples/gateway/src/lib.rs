@@ -1,0 +1,341 @@
+//! An example API gateway built on bulwark: an axum gateway in front of three downstream
+//! services (order, payment, inventory), each with its own data, each called through its own
+//! bulwark standard stack.
+//!
+//! [`start_embedded`] runs everything in one process on loopback, with switchable faults;
+//! `main.rs` is the command line (`cargo run --release -p gateway`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use bulwark::config::StackConfig;
+use bulwark::stack::StackLayer;
+use bulwark::BoxError;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub mod api;
+pub mod client;
+pub mod faults;
+pub mod inventory;
+pub mod orders;
+pub mod payment;
+pub mod saga;
+
+use crate::client::Downstream;
+use crate::faults::{FaultRegistry, Faults};
+use crate::saga::{Downstreams, Sagas};
+
+/// One line of an order: a product and a quantity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    /// The product.
+    pub sku: String,
+    /// How many.
+    pub qty: u64,
+}
+
+/// A JSON error: `{"error": code, "detail": detail}` with `status`.
+pub fn json_error(
+    status: StatusCode,
+    code: &str,
+    detail: &str,
+) -> (StatusCode, Json<serde_json::Value>) {
+    (status, Json(json!({ "error": code, "detail": detail })))
+}
+
+/// A JSON body as `T`, or a 400 naming what is wrong (the field, with its path).
+#[allow(clippy::result_large_err)]
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    if body.is_empty() {
+        return Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body must be a JSON object",
+        )
+        .into_response());
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let detail = if path == "." || path.is_empty() {
+            inner.to_string()
+        } else {
+            format!("`{path}`: {inner}")
+        };
+        json_error(StatusCode::BAD_REQUEST, "invalid_body", &detail).into_response()
+    })
+}
+
+/// Each downstream's stack settings, from the optional TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The order service's stack.
+    #[serde(default)]
+    pub order: StackConfig,
+    /// The payment service's stack.
+    #[serde(default)]
+    pub payment: StackConfig,
+    /// The inventory service's stack.
+    #[serde(default)]
+    pub inventory: StackConfig,
+}
+
+/// The gateway's defaults for a downstream's stack, before the file: tighter than the
+/// library's (an interactive API): 16 calls in flight, 5 s in all, 1 s per attempt, 3
+/// attempts from 50 ms, a break of 5 s after 5 failures in a row (or half of the last 100 calls
+/// once 20 were seen).
+pub fn stack_defaults(
+    name: &'static str,
+    config: &StackConfig,
+) -> bulwark::stack::StackBuilder<bulwark::classify::HttpClassifier, bulwark::retry::HttpPolicy> {
+    StackLayer::http(name)
+        .max_concurrent(16)
+        .total_timeout(Duration::from_secs(5))
+        .attempt_timeout(Duration::from_secs(1))
+        .retry(|r| {
+            r.max_attempts(3)
+                .backoff(Duration::from_millis(50), 2.0, Duration::from_millis(500))
+        })
+        .circuit_breaker(|b| {
+            b.consecutive_failures(5)
+                .break_duration(Duration::from_secs(5))
+        })
+        .config(config)
+}
+
+/// The process's metrics recorder (installed once), and its Prometheus text.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may be installed already (a test harness); then ours only
+            // renders what it saw, which is nothing, and that is still a valid page.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, draining requests in flight.
+pub fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(err) = axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            eprintln!("server error: {err}");
+        }
+    })
+}
+
+/// Runs a downstream's router on `addr`, with its faults: while `down`, the listener is
+/// closed (connections are refused), and it opens again on the same address after.
+pub async fn serve_downstream(
+    addr: SocketAddr,
+    router: Router,
+    faults: Arc<Faults>,
+) -> Result<(SocketAddr, JoinHandle<()>), BoxError> {
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        faults.clone(),
+        faults::inject,
+    ));
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let mut down = faults.watch_down();
+        let mut listener = Some(listener);
+        loop {
+            let current = match listener.take() {
+                Some(l) => l,
+                None => match TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let mut going_down = down.clone();
+            let server = serve(current, router.clone(), async move {
+                let _ = going_down.wait_for(|d| *d).await;
+            });
+            let _ = server.await;
+            // Down: stay closed until the switch is off again.
+            if down.wait_for(|d| !*d).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((addr, task))
+}
+
+/// Where the embedded services run, and their state, for tests and checks.
+#[derive(Debug)]
+pub struct Embedded {
+    /// The gateway's address.
+    pub gateway: SocketAddr,
+    /// The order service's address.
+    pub order: SocketAddr,
+    /// The payment service's address.
+    pub payment: SocketAddr,
+    /// The inventory service's address.
+    pub inventory: SocketAddr,
+    /// The order service's data.
+    pub orders: orders::Orders,
+    /// The payment service's data.
+    pub payments: payment::Payment,
+    /// The inventory service's data.
+    pub stock: inventory::Inventory,
+    /// The switches.
+    pub faults: FaultRegistry,
+    /// The gateway's shared state.
+    pub state: api::AppState,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    server: JoinHandle<()>,
+}
+
+impl Embedded {
+    /// Stops the gateway, draining requests in flight.
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        let _ = self.server.await;
+    }
+}
+
+/// The gateway's options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the gateway listens.
+    pub listen: SocketAddr,
+    /// Each downstream's stack settings.
+    pub config: GatewayConfig,
+    /// The per-request timeout of the gateway's own API.
+    pub request_timeout: Duration,
+    /// How often deferred compensations are retried.
+    pub compensation_retry: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            config: GatewayConfig::default(),
+            request_timeout: Duration::from_secs(10),
+            compensation_retry: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Builds the three clients.
+pub fn downstreams(
+    config: &GatewayConfig,
+    order: &str,
+    payment: &str,
+    inventory: &str,
+) -> Result<Downstreams, BoxError> {
+    // The stacks register their metrics when built: the recorder must be in place first.
+    let _ = metrics_handle();
+    let make = |name: &'static str, url: &str, cfg: &StackConfig| -> Result<Downstream, BoxError> {
+        let stack = stack_defaults(name, cfg).build_http()?;
+        Ok(Downstream::new(name, url, stack))
+    };
+    Ok(Downstreams {
+        order: make("order", order, &config.order)?,
+        payment: make("payment", payment, &config.payment)?,
+        inventory: make("inventory", inventory, &config.inventory)?,
+    })
+}
+
+/// Starts the gateway in front of `downstreams`; `faults` only in embedded mode.
+pub async fn start_gateway(
+    options: &Options,
+    downstreams: Downstreams,
+    faults: Option<FaultRegistry>,
+) -> Result<
+    (
+        SocketAddr,
+        api::AppState,
+        tokio::sync::watch::Sender<bool>,
+        JoinHandle<()>,
+    ),
+    BoxError,
+> {
+    let sagas = Arc::new(Sagas::default());
+    tokio::spawn(
+        sagas
+            .clone()
+            .run_deferred(downstreams.clone(), options.compensation_retry),
+    );
+    let state = api::AppState {
+        downstreams,
+        sagas,
+        faults,
+        metrics: metrics_handle(),
+    };
+    let listener = TcpListener::bind(options.listen).await?;
+    let addr = listener.local_addr()?;
+    let (shutdown, mut stop) = tokio::sync::watch::channel(false);
+    let server = serve(
+        listener,
+        api::router(state.clone(), options.request_timeout),
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    );
+    Ok((addr, state, shutdown, server))
+}
+
+/// Starts the three downstream services (each on its own loopback port, with its own data
+/// and faults) and the gateway in front of them.
+pub async fn start_embedded(options: &Options) -> Result<Embedded, BoxError> {
+    let faults = FaultRegistry::new(&["inventory", "order", "payment"]);
+    let (orders, payments, stock) = (
+        orders::Orders::default(),
+        payment::Payment::default(),
+        inventory::Inventory::default(),
+    );
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let fault = |name: &str| faults.get(name).cloned().ok_or("unknown service");
+    let (order, _) = serve_downstream(loopback, orders.router(), fault("order")?).await?;
+    let (payment, _) = serve_downstream(loopback, payments.router(), fault("payment")?).await?;
+    let (inventory, _) = serve_downstream(loopback, stock.router(), fault("inventory")?).await?;
+    let ds = downstreams(
+        &options.config,
+        &format!("http://{order}"),
+        &format!("http://{payment}"),
+        &format!("http://{inventory}"),
+    )?;
+    let (gateway, state, shutdown, server) =
+        start_gateway(options, ds, Some(faults.clone())).await?;
+    Ok(Embedded {
+        gateway,
+        order,
+        payment,
+        inventory,
+        orders,
+        payments,
+        stock,
+        faults,
+        state,
+        shutdown,
+        server,
+    })
+}
