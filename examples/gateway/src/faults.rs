@@ -21,6 +21,8 @@ pub struct Faults {
     /// `error_rate` as the bits of an `f64` in [0, 1].
     error_rate: AtomicU64,
     latency_ms: AtomicU64,
+    /// How many of the next requests get the latency (`u64::MAX`: all).
+    slow_requests: AtomicU64,
     down: watch::Sender<bool>,
     rng: AtomicU64,
 }
@@ -32,9 +34,12 @@ pub struct FaultSettings {
     /// The share of requests answered 503 at once, in [0, 1].
     #[serde(default)]
     pub error_rate: f64,
-    /// Latency added to every request, in milliseconds.
+    /// Latency added to requests, in milliseconds.
     #[serde(default)]
     pub latency_ms: u64,
+    /// How many of the next requests get the latency; all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_requests: Option<u64>,
     /// Whether the service refuses connections.
     #[serde(default)]
     pub down: bool,
@@ -58,6 +63,7 @@ impl Default for Faults {
         Faults {
             error_rate: AtomicU64::new(0f64.to_bits()),
             latency_ms: AtomicU64::new(0),
+            slow_requests: AtomicU64::new(u64::MAX),
             down: watch::Sender::new(false),
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
         }
@@ -70,6 +76,10 @@ impl Faults {
         FaultSettings {
             error_rate: f64::from_bits(self.error_rate.load(Ordering::Relaxed)),
             latency_ms: self.latency_ms.load(Ordering::Relaxed),
+            slow_requests: match self.slow_requests.load(Ordering::Relaxed) {
+                u64::MAX => None,
+                n => Some(n),
+            },
             down: *self.down.borrow(),
         }
     }
@@ -80,6 +90,10 @@ impl Faults {
             .store(settings.error_rate.to_bits(), Ordering::Relaxed);
         self.latency_ms
             .store(settings.latency_ms, Ordering::Relaxed);
+        self.slow_requests.store(
+            settings.slow_requests.unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.down.send_replace(settings.down);
     }
 
@@ -132,7 +146,16 @@ impl FaultRegistry {
 /// requests with a 503.
 pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: Next) -> Response {
     let settings = faults.get();
-    if settings.latency_ms > 0 {
+    let slow = settings.latency_ms > 0
+        && faults
+            .slow_requests
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| match n {
+                0 => None,
+                u64::MAX => Some(u64::MAX),
+                n => Some(n - 1),
+            })
+            .is_ok();
+    if slow {
         tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
     }
     if settings.error_rate > 0.0 && faults.random() < settings.error_rate {

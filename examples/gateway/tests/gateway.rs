@@ -1,0 +1,444 @@
+//! The embedded gateway through real sockets on 127.0.0.1:0 with a real HTTP client: the
+//! saga's outcomes and compensations, a breaker opening and closing, retries without double
+//! charges, degraded aggregation, deferred compensations, and bad input. Real time, with
+//! short timeouts and breaks from a test config, every test bounded.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway::{start_embedded, Embedded, GatewayConfig, Options};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+/// Short timeouts and breaks, so faults show in a test's time.
+const CONFIG: &str = r#"
+[payment]
+attempt_timeout = "1s"
+total_timeout = "4s"
+retry = { max_attempts = 3, backoff = { base = "20ms", factor = 2.0, max = "100ms" } }
+circuit_breaker = { consecutive_failures = 3, break_duration = "700ms", success_threshold = 1 }
+
+[inventory]
+attempt_timeout = "1s"
+retry = { backoff = { base = "20ms", factor = 2.0, max = "100ms" } }
+circuit_breaker = { consecutive_failures = 3, break_duration = "700ms" }
+
+[order]
+attempt_timeout = "1s"
+"#;
+
+async fn start() -> Embedded {
+    let config: GatewayConfig = toml::from_str(CONFIG).expect("test config");
+    let options = Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        config,
+        request_timeout: Duration::from_secs(8),
+        compensation_retry: Duration::from_millis(100),
+    };
+    start_embedded(&options).await.expect("gateway starts")
+}
+
+struct Http {
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    body: Value,
+}
+
+impl Http {
+    fn new(gw: &Embedded) -> Self {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{}", gw.gateway),
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<String>) -> Answer {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(15), self.client.request(request))
+            .await
+            .expect("answered in time")
+            .expect("a response");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn order(&self, customer: &str, sku: &str, qty: u64) -> Answer {
+        let body = json!({ "customer_id": customer, "items": [{ "sku": sku, "qty": qty }] });
+        self.send(Method::POST, "/api/orders", Some(body.to_string()))
+            .await
+    }
+
+    async fn fault(&self, service: &str, settings: Value) {
+        let a = self
+            .send(
+                Method::PUT,
+                &format!("/admin/faults/{service}"),
+                Some(settings.to_string()),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+}
+
+/// Waits, up to 10 s, for `check` to hold.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// The saga invariant: no reservation and no charge without a confirmed order, no
+/// confirmed order without both, nobody charged twice for an order.
+fn assert_consistent(gw: &Embedded) {
+    let orders = gw.orders.orders();
+    let confirmed: Vec<_> = orders.iter().filter(|o| o.status == "confirmed").collect();
+    for r in gw.stock.reserved() {
+        assert!(
+            confirmed.iter().any(|o| o.order_id == r.order_id),
+            "reservation {} left behind",
+            r.reservation_id
+        );
+    }
+    let captured: Vec<_> = gw
+        .payments
+        .charges()
+        .into_iter()
+        .filter(|c| c.status == "captured")
+        .collect();
+    for c in &captured {
+        assert!(
+            confirmed.iter().any(|o| o.order_id == c.order_id),
+            "charge {} without a confirmed order",
+            c.charge_id
+        );
+        assert_eq!(
+            captured.iter().filter(|d| d.order_id == c.order_id).count(),
+            1,
+            "order {} charged twice",
+            c.order_id
+        );
+    }
+    for o in confirmed {
+        assert!(captured.iter().any(|c| c.order_id == o.order_id));
+        assert!(gw.stock.reserved().iter().any(|r| r.order_id == o.order_id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_happy_order_is_confirmed_and_aggregated() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    let a = http.order("alice", "sku-rope", 2).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["status"], "confirmed");
+    assert_eq!(a.body["total_cents"], 2_500);
+    assert!(a.headers.contains_key("x-request-id"));
+    let id = a.body["order_id"].as_str().unwrap().to_owned();
+
+    let agg = http
+        .send(Method::GET, &format!("/api/orders/{id}"), None)
+        .await;
+    assert_eq!(agg.status, StatusCode::OK);
+    assert_eq!(agg.body["order"]["status"], "confirmed");
+    assert_eq!(agg.body["payment"]["status"], "captured");
+    assert_eq!(agg.body["reservation"]["status"], "reserved");
+    assert_eq!(agg.body["degraded"], json!([]));
+
+    let saga = http
+        .send(
+            Method::GET,
+            &format!("/api/sagas/{}", a.body["saga_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(saga.body["state"], "confirmed");
+    assert_eq!(saga.body["steps"].as_array().unwrap().len(), 4);
+    let catalog = http.send(Method::GET, "/api/catalog", None).await;
+    let rope = catalog.body["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["sku"] == "sku-rope")
+        .unwrap()
+        .clone();
+    assert_eq!(rope["available"], 98);
+    assert_consistent(&gw);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_stock_and_declined_payments_are_compensated() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+
+    let a = http.order("bob", "sku-rare", 2).await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert_eq!(a.body["failed_step"], "reserve_inventory");
+    assert_eq!(a.body["reason"], "insufficient_stock");
+
+    let a = http.order("declined-bob", "sku-lamp", 1).await;
+    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.body);
+    assert_eq!(a.body["failed_step"], "charge_payment");
+    assert_eq!(a.body["saga_state"], "compensated");
+    let id = a.body["order_id"].as_str().unwrap();
+    let order = gw
+        .orders
+        .orders()
+        .into_iter()
+        .find(|o| o.order_id == id)
+        .unwrap();
+    assert_eq!(order.status, "cancelled");
+    assert!(
+        gw.stock.reserved().is_empty(),
+        "the reservation was released"
+    );
+    assert_consistent(&gw);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_down_opens_its_breaker_then_it_recovers() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    http.fault("payment", json!({ "down": true })).await;
+
+    // The first order's three attempts are refused: the breaker trips.
+    let a = http.order("carol", "sku-rope", 1).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(a.body["failed_step"], "charge_payment");
+    let ready = http.send(Method::GET, "/health/ready", None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.body["downstreams"]["payment"]["breaker"], "open");
+
+    // Later orders fail fast, with Retry-After, and leave nothing reserved.
+    let a = http.order("carol", "sku-rope", 1).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.body["reason"], "payment unavailable: circuit_open");
+    assert_eq!(a.headers["retry-after"], "1");
+    assert!(gw.stock.reserved().is_empty());
+    let metrics = http.send(Method::GET, "/metrics", None).await;
+    let text = metrics.body.as_str().unwrap();
+    assert!(
+        text.contains("bulwark_circuit_state{name=\"payment\"} 1"),
+        "{text}"
+    );
+
+    // Back up: after the break, a probe succeeds and the breaker closes.
+    http.send(Method::DELETE, "/admin/faults/payment", None)
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let a = http.order("carol", "sku-rope", 1).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let ready = http.send(Method::GET, "/health/ready", None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    assert_eq!(ready.body["downstreams"]["payment"]["breaker"], "closed");
+
+    // The refunds deferred while payment was down have run.
+    let sagas = gw.state.sagas.clone();
+    eventually("deferred compensations ran", || sagas.pending() == 0).await;
+    assert_consistent(&gw);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_payment_is_retried_without_a_double_charge() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    // The next charge takes 1.5 s: past the 1 s attempt timeout. The retry is fast.
+    http.fault("payment", json!({ "latency_ms": 1500, "slow_requests": 1 }))
+        .await;
+    let a = http.order("dave", "sku-anvil", 1).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let retries = gw
+        .state
+        .downstreams
+        .payment
+        .handle()
+        .retry()
+        .unwrap()
+        .retries();
+    assert_eq!(retries, 1, "the slow attempt was retried once");
+    // Let the slow first attempt reach the service too: still one charge.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let id = a.body["order_id"].as_str().unwrap();
+    let charges: Vec<_> = gw
+        .payments
+        .charges()
+        .into_iter()
+        .filter(|c| c.order_id == id)
+        .collect();
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_consistent(&gw);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregation_survives_a_downstream_that_is_down() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    let a = http.order("erin", "sku-rope", 1).await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let id = a.body["order_id"].as_str().unwrap().to_owned();
+
+    http.fault("payment", json!({ "down": true })).await;
+    let agg = http
+        .send(Method::GET, &format!("/api/orders/{id}"), None)
+        .await;
+    assert_eq!(agg.status, StatusCode::OK, "{}", agg.body);
+    assert_eq!(agg.body["order"]["status"], "confirmed");
+    assert_eq!(agg.body["reservation"]["status"], "reserved");
+    assert_eq!(agg.body["payment"], Value::Null);
+    assert_eq!(agg.body["degraded"][0]["section"], "payment");
+
+    let missing = http.send(Method::GET, "/api/orders/ord-999", None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.body["error"], "not_found");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compensation_waits_for_its_service_and_completes_when_it_is_back() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    // The charge is slow (but within the attempt timeout) and declined; meanwhile
+    // inventory goes down, so the release must wait.
+    http.fault("payment", json!({ "latency_ms": 600 })).await;
+    let order = tokio::spawn({
+        let http = Http::new(&gw);
+        async move { http.order("declined-frank", "sku-lamp", 2).await }
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    http.fault("inventory", json!({ "down": true })).await;
+    let a = order.await.unwrap();
+    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.body);
+    assert_eq!(a.body["saga_state"], "compensating");
+    assert_eq!(gw.stock.reserved().len(), 1, "not released yet");
+    let saga_id = a.body["saga_id"].as_str().unwrap().to_owned();
+    let saga = http
+        .send(Method::GET, &format!("/api/sagas/{saga_id}"), None)
+        .await;
+    assert!(saga.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "release_inventory" && s["status"] == "pending"));
+
+    http.send(Method::DELETE, "/admin/faults/inventory", None)
+        .await;
+    let stock = gw.stock.clone();
+    eventually("the reservation was released", || {
+        stock.reserved().is_empty()
+    })
+    .await;
+    let sagas = gw.state.sagas.clone();
+    eventually("the saga is compensated", || {
+        sagas
+            .get(&saga_id)
+            .is_some_and(|s| s.state == "compensated")
+    })
+    .await;
+    assert_consistent(&gw);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_4xx_with_a_json_body_naming_the_problem() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    let cases = [
+        ("{", StatusCode::BAD_REQUEST, "EOF"),
+        (
+            r#"{"items":[]}"#,
+            StatusCode::BAD_REQUEST,
+            "missing field `customer_id`",
+        ),
+        (
+            r#"{"customer_id":"x","items":[{"sku":"sku-rope","qty":"two"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "`items[0].qty`",
+        ),
+        (
+            r#"{"customer_id":"x","items":[{"sku":"sku-rope","qty":0}]}"#,
+            StatusCode::BAD_REQUEST,
+            "`items[0].qty` must be between 1 and 1000",
+        ),
+        (
+            r#"{"customer_id":"x","items":[]}"#,
+            StatusCode::BAD_REQUEST,
+            "`items`",
+        ),
+        (
+            r#"{"customer_id":"x","items":[],"coupon":"FREE"}"#,
+            StatusCode::BAD_REQUEST,
+            "unknown field `coupon`",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let a = http
+            .send(Method::POST, "/api/orders", Some(body.to_owned()))
+            .await;
+        assert_eq!(a.status, status, "{body}: {}", a.body);
+        assert!(
+            a.body["detail"].as_str().unwrap().contains(needle),
+            "{body}: {}",
+            a.body
+        );
+    }
+    let big = format!(r#"{{"customer_id":"{}","items":[]}}"#, "x".repeat(20_000));
+    let a = http.send(Method::POST, "/api/orders", Some(big)).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.body["error"], "body_too_large");
+
+    let a = http.send(Method::GET, "/no/such/route", None).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let a = http.send(Method::DELETE, "/api/catalog", None).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let a = http
+        .send(
+            Method::PUT,
+            "/admin/faults/payment",
+            Some(r#"{"error_rate":2}"#.into()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body["detail"].as_str().unwrap().contains("`error_rate`"));
+    let a = http
+        .send(Method::PUT, "/admin/faults/billing", Some("{}".into()))
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_consistent(&gw);
+    gw.shutdown().await;
+}
