@@ -25,6 +25,8 @@ pub struct Faults {
     slow_requests: AtomicU64,
     down: watch::Sender<bool>,
     rng: AtomicU64,
+    /// The `x-request-id` and `traceparent` of the last request, to check propagation.
+    last_seen: std::sync::Mutex<(Option<String>, Option<String>)>,
 }
 
 /// The faults as the admin API shows and takes them.
@@ -66,6 +68,7 @@ impl Default for Faults {
             slow_requests: AtomicU64::new(u64::MAX),
             down: watch::Sender::new(false),
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+            last_seen: std::sync::Mutex::new((None, None)),
         }
     }
 }
@@ -95,6 +98,14 @@ impl Faults {
             Ordering::Relaxed,
         );
         self.down.send_replace(settings.down);
+    }
+
+    /// The `x-request-id` and `traceparent` the service last received.
+    pub fn last_seen(&self) -> (Option<String>, Option<String>) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Watches the `down` switch.
@@ -145,6 +156,17 @@ impl FaultRegistry {
 /// Middleware for a downstream service: adds the latency, then fails the configured share of
 /// requests with a 503.
 pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: Next) -> Response {
+    let seen = {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        (header("x-request-id"), header("traceparent"))
+    };
+    *faults.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
     let settings = faults.get();
     let slow = settings.latency_ms > 0
         && faults

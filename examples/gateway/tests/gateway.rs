@@ -442,3 +442,89 @@ async fn bad_input_gets_a_4xx_with_a_json_body_naming_the_problem() {
     assert_consistent(&gw);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_and_trace_context_reach_the_downstreams() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(format!("{}/api/catalog", http.base))
+        .header("x-request-id", "req-42")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = http.client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-request-id"], "req-42");
+    let (id, trace) = gw.faults.get("inventory").unwrap().last_seen();
+    assert_eq!(id.as_deref(), Some("req-42"));
+    assert_eq!(
+        trace.as_deref(),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+    gw.shutdown().await;
+}
+
+/// Shutdown lets a request in flight finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_requests_in_flight() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    http.fault("payment", json!({ "latency_ms": 400 })).await;
+    let order = tokio::spawn({
+        let http = Http::new(&gw);
+        async move { http.order("gina", "sku-rope", 1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+        .await
+        .expect("shut down in time");
+    let a = order.await.unwrap();
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+}
+
+/// Four processes' worth: the services alone and the gateway pointed at them. Fault
+/// controls do not exist then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_runs_against_external_services_without_fault_controls() {
+    let mut urls = Vec::new();
+    for router in [
+        gateway::orders::Orders::default().router(),
+        gateway::payment::Payment::default().router(),
+        gateway::inventory::Inventory::default().router(),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        gateway::serve(listener, router, std::future::pending());
+    }
+    let options = Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Options::default()
+    };
+    let ds = gateway::downstreams(&options.config, &urls[0], &urls[1], &urls[2]).unwrap();
+    let (addr, _state, stop, server) = gateway::start_gateway(&options, ds, None).await.unwrap();
+    let http = Http {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        base: format!("http://{addr}"),
+    };
+    let a = http.order("hal", "sku-anvil", 1).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let a = http
+        .send(
+            Method::PUT,
+            "/admin/faults/payment",
+            Some(r#"{"down":true}"#.into()),
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::NOT_FOUND,
+        "no fault controls outside embedded mode"
+    );
+    stop.send_replace(true);
+    server.await.unwrap();
+}
