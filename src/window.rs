@@ -114,6 +114,11 @@ impl CountWindow {
         }
     }
 
+    /// How many calls the window has recorded since it was made (a clear does not reset it).
+    pub(crate) fn recorded(&self) -> u64 {
+        self.cursor.load(Ordering::Relaxed)
+    }
+
     /// The calls the window holds: [`tally`](Self::tally)'s `calls`, with one load.
     #[inline]
     pub(crate) fn calls(&self) -> u32 {

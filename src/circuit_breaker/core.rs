@@ -265,7 +265,6 @@ impl Core {
         elapsed: Option<Duration>,
         now: Option<Instant>,
     ) {
-        self.counters.calls.fetch_add(1, Ordering::Relaxed);
         self.meters.call(outcome);
         // The common case, a success while Closed with no failure streak: nothing to judge.
         // With no window to feed (and no slow-call rule, as windows come with it), one load
@@ -278,28 +277,33 @@ impl Core {
                 && word.failures() == 0
             {
                 if !self.has_windows {
+                    self.counters.calls.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 if let (Some(window), Some(rule), None, None) =
                     (&self.count, self.policy.count, &self.time, self.policy.slow)
                 {
                     if window.calls() > rule.min_calls {
+                        // Counted by the window's cursor: one write to shared memory, not two.
                         window.record(false, false);
                         return;
                     }
                 }
             }
         }
-        self.complete_slow(pass, outcome, elapsed, now);
+        if !self.complete_slow(pass, outcome, elapsed, now) {
+            self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
+    /// Records an outcome; `true` when the count window recorded it (so counted it).
     fn complete_slow(
         &self,
         pass: Pass,
         outcome: Outcome,
         elapsed: Option<Duration>,
         now: Option<Instant>,
-    ) {
+    ) -> bool {
         let slow = match (self.policy.slow, elapsed) {
             (Some(rule), Some(elapsed)) => elapsed >= rule.threshold,
             _ => false,
@@ -311,12 +315,12 @@ impl Core {
             self.counters.slow.fetch_add(1, Ordering::Relaxed);
         }
         match pass {
-            Pass::Bypass => {}
+            Pass::Bypass => false,
             Pass::Probe(generation, epoch) => {
-                if self.outlived_a_wrap(epoch) {
-                    return;
+                if !self.outlived_a_wrap(epoch) {
+                    self.probe_done(generation, outcome, slow, now);
                 }
-                self.probe_done(generation, outcome, slow, now)
+                false
             }
             Pass::Closed(generation) => self.closed_done(generation, outcome, slow, now),
         }
@@ -345,15 +349,23 @@ impl Core {
         self.epoch().wrapping_sub(epoch) >= super::state::GENERATIONS / 2
     }
 
-    fn closed_done(&self, generation: u32, outcome: Outcome, slow: bool, now: Option<Instant>) {
+    /// Records a Closed call's outcome; `true` when the count window recorded it.
+    fn closed_done(
+        &self,
+        generation: u32,
+        outcome: Outcome,
+        slow: bool,
+        now: Option<Instant>,
+    ) -> bool {
         if outcome.is_ignored() {
-            return;
+            return false;
         }
         let word = self.load();
         if word.state() != CircuitState::Closed || word.generation() != generation {
             // From an earlier Closed period: it says nothing about the current state.
-            return;
+            return false;
         }
+        let mut recorded = false;
         let failure = outcome.is_failure();
 
         // Rate rules: record, then judge when this call could have raised a rate (a failure
@@ -362,6 +374,7 @@ impl Core {
         let mut judge = failure || slow;
         if let (Some(window), Some(rule)) = (&self.count, self.policy.count) {
             window.record(failure, slow);
+            recorded = true;
             judge |= window.calls() <= rule.min_calls;
         }
         let now_ms = now.map(|now| self.since_base(now).as_millis() as u64);
@@ -380,7 +393,7 @@ impl Core {
         let mut word = word;
         loop {
             if word.state() != CircuitState::Closed || word.generation() != generation {
-                return;
+                return recorded;
             }
             let streak = if failure { word.failures() + 1 } else { 0 };
             let streak_trips = failure
@@ -395,7 +408,7 @@ impl Core {
             };
             let next = match reason {
                 Some(_) => word.opened(self.open_until_ms(now)),
-                None if streak == word.failures() => return,
+                None if streak == word.failures() => return recorded,
                 None => word.with_failures(streak),
             };
             match self.cas(word, next) {
@@ -403,7 +416,7 @@ impl Core {
                     if let Some(reason) = reason {
                         self.tripped(word, next, reason);
                     }
-                    return;
+                    return recorded;
                 }
                 Err(actual) => word = actual,
             }
@@ -602,8 +615,10 @@ impl Core {
 
     pub(crate) fn counters(&self) -> CircuitCounters {
         let c = &self.counters;
+        // Calls the count window recorded are counted by its cursor alone.
+        let recorded = self.count.as_ref().map_or(0, CountWindow::recorded);
         CircuitCounters {
-            calls: c.calls.load(Ordering::Relaxed),
+            calls: c.calls.load(Ordering::Relaxed) + recorded,
             failures: c.failures.load(Ordering::Relaxed),
             slow_calls: c.slow.load(Ordering::Relaxed),
             rejections: c.rejections.load(Ordering::Relaxed),

@@ -32,6 +32,10 @@ use crate::timeout::error::Elapsed;
 use crate::BoxError;
 
 /// What every service of one stack shares: each stage's state and settings.
+///
+/// Read by every call on every thread, and held by an `Arc` whose count every call changes:
+/// aligned so that the count's cache line is not the one the fields are read from.
+#[repr(align(128))]
 pub(crate) struct Stages<C, P> {
     pub(crate) bulkhead: Option<Arc<BulkheadShared>>,
     pub(crate) total: Option<Duration>,

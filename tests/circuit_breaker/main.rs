@@ -800,3 +800,42 @@ mod axum_router {
         assert_eq!(handle.counters().rejections, 3);
     }
 }
+
+/// Every completed call is counted once, whether a count window recorded it (a success or
+/// failure while Closed) or not (an ignored outcome, a probe).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn calls_are_counted_once_with_a_count_window() {
+    let layer = CircuitBreakerLayer::builder("counted")
+        .classifier(|r: &Result<u32, BoxError>| match r {
+            Ok(7) => Outcome::Ignored,
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        })
+        .consecutive_failures(3)
+        .failure_rate_over_calls(0.9, 10, 5)
+        .break_duration(Duration::from_secs(1))
+        .success_threshold(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|x: u32| async move {
+        if x == 0 {
+            Err::<u32, BoxError>("down".into())
+        } else {
+            Ok(x)
+        }
+    }));
+    // 12 successes (past the window's minimum: the fast path), 2 failures, 3 ignored.
+    for x in std::iter::repeat_n(1, 12).chain([0, 0, 7, 7, 7]) {
+        let _ = svc.clone().oneshot(x).await;
+    }
+    assert_eq!(handle.counters().calls, 17);
+    // Trip it, then a probe: counted too.
+    let _ = svc.clone().oneshot(0).await;
+    assert_eq!(handle.state(), CircuitState::Open);
+    time::advance(Duration::from_secs(1)).await;
+    svc.clone().oneshot(1).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+    let c = handle.counters();
+    assert_eq!((c.calls, c.failures), (19, 3));
+}
