@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -44,6 +44,9 @@ pub struct AppState {
     pub faults: Option<FaultRegistry>,
     /// The Prometheus text of the metrics.
     pub metrics: PrometheusHandle,
+    /// How long `POST /api/orders` waits for its saga before answering 202 (the saga goes
+    /// on; `GET /api/sagas/{id}` follows it).
+    pub saga_wait: Duration,
 }
 
 /// The gateway's router, with its inbound protection: a body limit, a per-request timeout,
@@ -161,10 +164,44 @@ async fn create_order(
     if let Err(problem) = request.validate() {
         return json_error(StatusCode::BAD_REQUEST, "invalid_field", &problem).into_response();
     }
-    let outcome = state
-        .sagas
-        .run(&state.downstreams, &context(&headers), &request)
-        .await;
+    // The saga runs in its own task: a client that goes away, or the request timeout, does
+    // not stop it half-way with nothing undone.
+    let saga_id = state.sagas.new_id();
+    let saga = tokio::spawn({
+        let (sagas, ds, ctx, id) = (
+            state.sagas.clone(),
+            state.downstreams.clone(),
+            context(&headers),
+            saga_id.clone(),
+        );
+        async move { sagas.run(&ds, &ctx, &request, &id).await }
+    });
+    let outcome = match tokio::time::timeout(state.saga_wait, saga).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "saga_failed",
+                "the saga stopped unexpectedly",
+            )
+            .into_response()
+        }
+        Err(_) => {
+            let mut response = (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "outcome": "pending",
+                    "saga_id": saga_id,
+                    "detail": "still running: follow it at the location given",
+                })),
+            )
+                .into_response();
+            if let Ok(location) = HeaderValue::from_str(&format!("/api/sagas/{saga_id}")) {
+                response.headers_mut().insert("location", location);
+            }
+            return response;
+        }
+    };
     let mut response = (outcome.status, Json(outcome.body)).into_response();
     if let Some(secs) = outcome.retry_after {
         response
@@ -174,7 +211,26 @@ async fn create_order(
     response
 }
 
-async fn get_saga(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+/// A path parameter, or a JSON 400.
+fn path_or_error(path: Result<Path<String>, PathRejection>) -> Result<String, Response> {
+    path.map(|Path(p)| p).map_err(|rejection| {
+        json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            &rejection.body_text(),
+        )
+        .into_response()
+    })
+}
+
+async fn get_saga(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match path_or_error(path) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
     match state.sagas.get(&id) {
         Some(saga) => Json(saga).into_response(),
         None => json_error(StatusCode::NOT_FOUND, "not_found", "no such saga").into_response(),
@@ -183,13 +239,8 @@ async fn get_saga(State(state): State<AppState>, Path(id): Path<String>) -> Resp
 
 /// 503 with `Retry-After` (when known) for a downstream that could not answer.
 fn unavailable(u: &Unavailable) -> Response {
-    let status = if u.kind.status == StatusCode::GATEWAY_TIMEOUT {
-        StatusCode::GATEWAY_TIMEOUT
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     let mut response = json_error(
-        status,
+        StatusCode::SERVICE_UNAVAILABLE,
         u.kind.reason,
         &format!("the {} service is unavailable", u.service),
     )
@@ -225,7 +276,11 @@ async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Response 
             .into_response(),
         },
         Ok(answer) => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
+            if answer.status.is_server_error() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_GATEWAY
+            },
             "downstream_error",
             &format!("inventory answered {}", answer.status.as_u16()),
         )
@@ -234,15 +289,17 @@ async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Response 
     }
 }
 
-/// The order, with its payment and reservation fetched in parallel; a section that cannot be
-/// fetched is left out and named in `degraded`.
+/// The order, its payment and its reservation, fetched in parallel; a section that cannot be
+/// fetched is left out and named in `degraded`. An unknown order is 404.
 async fn get_order(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let ctx = context(&headers);
-    let ds = &state.downstreams;
+    let id = match path_or_error(path) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
     if id.is_empty()
         || id.len() > 100
         || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -254,21 +311,36 @@ async fn get_order(
         )
         .into_response();
     }
-    let order = match ds
-        .order
-        .call(
-            &ctx,
-            Method::GET,
-            &format!("/orders/{id}"),
-            None::<&()>,
-            None,
-        )
-        .await
-    {
+    let ctx = context(&headers);
+    let ds = &state.downstreams;
+    let (order_path, payment_path, reservation_path) = (
+        format!("/orders/{id}"),
+        format!("/charges?order_id={id}"),
+        format!("/reservations?order_id={id}"),
+    );
+    let (order, payment, reservation) = tokio::join!(
+        ds.order
+            .call(&ctx, Method::GET, &order_path, None::<&()>, None),
+        ds.payment
+            .call(&ctx, Method::GET, &payment_path, None::<&()>, None),
+        ds.inventory
+            .call(&ctx, Method::GET, &reservation_path, None::<&()>, None),
+    );
+    let order = match order {
         Ok(a) if a.status == StatusCode::NOT_FOUND => {
             return json_error(StatusCode::NOT_FOUND, "not_found", "no such order").into_response()
         }
-        Ok(a) if a.status.is_success() => a.json::<Value>().unwrap_or(Value::Null),
+        Ok(a) if a.status.is_success() => match a.json::<Value>() {
+            Ok(order) => order,
+            Err(_) => {
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_answer",
+                    "order sent an unreadable answer",
+                )
+                .into_response()
+            }
+        },
         Ok(a) => {
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -279,18 +351,16 @@ async fn get_order(
         }
         Err(u) => return unavailable(&u),
     };
-    let payment_path = format!("/charges?order_id={id}");
-    let reservation_path = format!("/reservations?order_id={id}");
-    let (payment, reservation) = tokio::join!(
-        ds.payment
-            .call(&ctx, Method::GET, &payment_path, None::<&()>, None),
-        ds.inventory
-            .call(&ctx, Method::GET, &reservation_path, None::<&()>, None),
-    );
     let mut degraded = Vec::new();
     let mut section = |name: &str, result: Result<crate::client::Answer, Unavailable>| match result
     {
-        Ok(a) if a.status.is_success() => a.json::<Value>().unwrap_or(Value::Null),
+        Ok(a) if a.status.is_success() => match a.json::<Value>() {
+            Ok(v) => v,
+            Err(_) => {
+                degraded.push(json!({ "section": name, "reason": "unreadable answer" }));
+                Value::Null
+            }
+        },
         Ok(a) if a.status == StatusCode::NOT_FOUND => Value::Null,
         Ok(a) => {
             degraded.push(
@@ -332,13 +402,23 @@ async fn ready(State(state): State<AppState>) -> Response {
     let mut downstreams = serde_json::Map::new();
     for d in state.downstreams.all() {
         let handle = d.handle();
-        let breaker = handle.circuit_breaker().map(|b| b.state());
-        let open = matches!(breaker, Some(CircuitState::Open | CircuitState::ForcedOpen));
+        let breaker = handle.circuit_breaker();
+        let state = breaker.map(|b| b.state());
+        // An Open breaker whose break is over lets the next call through as a probe: the
+        // downstream may be back, so that is not a reason to leave the load balancer.
+        let probe_due = breaker.and_then(|b| b.time_until_probe()) == Some(Duration::ZERO);
+        let open = matches!(state, Some(CircuitState::ForcedOpen))
+            || (matches!(state, Some(CircuitState::Open)) && !probe_due);
         all_ready &= !open;
+        let shown = match state {
+            Some(CircuitState::Open) if probe_due => "open_probe_due",
+            Some(s) => state_name(s),
+            None => "off",
+        };
         downstreams.insert(
             d.name().to_owned(),
             json!({
-                "breaker": breaker.map_or("off", state_name),
+                "breaker": shown,
                 "in_flight": handle.bulkhead().map(|b| b.in_flight()),
                 "retries": handle.retry().map(|r| r.retries()),
             }),
@@ -371,7 +451,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Fault controls answer only to loopback clients.
 fn loopback_only(peer: &SocketAddr) -> Result<(), Response> {
-    if peer.ip().is_loopback() {
+    if peer.ip().to_canonical().is_loopback() {
         Ok(())
     } else {
         Err(json_error(
@@ -417,11 +497,15 @@ fn service_faults<'a>(
 async fn get_fault(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(service): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response {
     if let Err(r) = loopback_only(&peer) {
         return r;
     }
+    let service = match path_or_error(path) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     match service_faults(&state, &service) {
         Ok(f) => Json(f.get()).into_response(),
         Err(r) => r,
@@ -431,12 +515,16 @@ async fn get_fault(
 async fn set_fault(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(service): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(r) = loopback_only(&peer) {
         return r;
     }
+    let service = match path_or_error(path) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let faults = match service_faults(&state, &service) {
         Ok(f) => f,
         Err(r) => return r,
@@ -459,11 +547,15 @@ async fn set_fault(
 async fn clear_fault(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(service): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Response {
     if let Err(r) = loopback_only(&peer) {
         return r;
     }
+    let service = match path_or_error(path) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     match service_faults(&state, &service) {
         Ok(f) => {
             f.set(FaultSettings::default());

@@ -21,6 +21,7 @@ pub struct Faults {
     /// `error_rate` as the bits of an `f64` in [0, 1].
     error_rate: AtomicU64,
     latency_ms: AtomicU64,
+    delay_response_ms: AtomicU64,
     /// How many of the next requests get the latency (`u64::MAX`: all).
     slow_requests: AtomicU64,
     down: watch::Sender<bool>,
@@ -39,7 +40,11 @@ pub struct FaultSettings {
     /// Latency added to requests, in milliseconds.
     #[serde(default)]
     pub latency_ms: u64,
-    /// How many of the next requests get the latency; all of them when absent.
+    /// Latency added after the service has handled a request, in milliseconds: its effect is
+    /// done, only the answer is late (what a lost answer looks like to the caller).
+    #[serde(default)]
+    pub delay_response_ms: u64,
+    /// How many of the next requests get the latencies; all of them when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_requests: Option<u64>,
     /// Whether the service refuses connections.
@@ -56,6 +61,9 @@ impl FaultSettings {
         if self.latency_ms > 600_000 {
             return Err("`latency_ms` must be at most 600000 (10 minutes)".into());
         }
+        if self.delay_response_ms > 600_000 {
+            return Err("`delay_response_ms` must be at most 600000 (10 minutes)".into());
+        }
         Ok(())
     }
 }
@@ -65,6 +73,7 @@ impl Default for Faults {
         Faults {
             error_rate: AtomicU64::new(0f64.to_bits()),
             latency_ms: AtomicU64::new(0),
+            delay_response_ms: AtomicU64::new(0),
             slow_requests: AtomicU64::new(u64::MAX),
             down: watch::Sender::new(false),
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
@@ -79,6 +88,7 @@ impl Faults {
         FaultSettings {
             error_rate: f64::from_bits(self.error_rate.load(Ordering::Relaxed)),
             latency_ms: self.latency_ms.load(Ordering::Relaxed),
+            delay_response_ms: self.delay_response_ms.load(Ordering::Relaxed),
             slow_requests: match self.slow_requests.load(Ordering::Relaxed) {
                 u64::MAX => None,
                 n => Some(n),
@@ -93,6 +103,8 @@ impl Faults {
             .store(settings.error_rate.to_bits(), Ordering::Relaxed);
         self.latency_ms
             .store(settings.latency_ms, Ordering::Relaxed);
+        self.delay_response_ms
+            .store(settings.delay_response_ms, Ordering::Relaxed);
         self.slow_requests.store(
             settings.slow_requests.unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -168,7 +180,7 @@ pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: N
     };
     *faults.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
     let settings = faults.get();
-    let slow = settings.latency_ms > 0
+    let slow = (settings.latency_ms > 0 || settings.delay_response_ms > 0)
         && faults
             .slow_requests
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| match n {
@@ -177,7 +189,7 @@ pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: N
                 n => Some(n - 1),
             })
             .is_ok();
-    if slow {
+    if slow && settings.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
     }
     if settings.error_rate > 0.0 && faults.random() < settings.error_rate {
@@ -188,5 +200,9 @@ pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: N
         )
         .into_response();
     }
-    next.run(request).await
+    let response = next.run(request).await;
+    if slow && settings.delay_response_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(settings.delay_response_ms)).await;
+    }
+    response
 }

@@ -46,6 +46,8 @@ struct Store {
     products: BTreeMap<String, Product>,
     reservations: HashMap<String, Reservation>,
     by_order: HashMap<String, String>,
+    /// Orders released before (or without) a reservation: a late reserve for them is refused.
+    voided: std::collections::HashSet<String>,
     next_id: u64,
 }
 
@@ -99,10 +101,17 @@ impl Inventory {
             .route("/catalog", get(catalog))
             .route("/reservations", post(reserve).get(lookup))
             .route("/reservations/{id}", delete(release))
+            .route("/releases", post(release_order))
             .with_state(self.clone())
     }
 
-    /// Units reserved (not released) across all orders, and the active reservations.
+    /// The products and their available stock.
+    pub fn products(&self) -> Vec<Product> {
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        store.products.values().cloned().collect()
+    }
+
+    /// The active reservations.
     pub fn reserved(&self) -> Vec<Reservation> {
         let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         store
@@ -125,48 +134,82 @@ async fn reserve(State(inv): State<Inventory>, body: axum::body::Bytes) -> Respo
         Err(response) => return response,
     };
     let mut store = inv.store.lock().unwrap_or_else(|e| e.into_inner());
+    if store.voided.contains(&request.order_id) {
+        return json_error(
+            StatusCode::CONFLICT,
+            "order_voided",
+            "the order was released: it cannot reserve again",
+        )
+        .into_response();
+    }
     // One reservation per order: a retried request gets the first one back.
     if let Some(existing) = store
         .by_order
         .get(&request.order_id)
         .and_then(|id| store.reservations.get(id))
-        .filter(|r| r.status == "reserved")
     {
         return (StatusCode::OK, Json(existing.clone())).into_response();
     }
-    let mut total = 0u64;
+    // The quantity wanted of each product, however many lines name it.
+    let mut wanted: BTreeMap<&str, u64> = BTreeMap::new();
     for item in &request.items {
-        let Some(product) = store.products.get(&item.sku) else {
+        let Some(qty) = wanted
+            .get(item.sku.as_str())
+            .copied()
+            .unwrap_or(0)
+            .checked_add(item.qty)
+        else {
             return json_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_sku",
-                &format!("no product `{}`", item.sku),
+                "bad_quantity",
+                "quantity too large",
             )
             .into_response();
         };
-        if product.available < item.qty {
+        wanted.insert(&item.sku, qty);
+    }
+    let mut total = 0u64;
+    for (&sku, &qty) in &wanted {
+        let Some(product) = store.products.get(sku) else {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_sku",
+                &format!("no product `{sku}`"),
+            )
+            .into_response();
+        };
+        if product.available < qty {
             return json_error(
                 StatusCode::CONFLICT,
                 "insufficient_stock",
-                &format!(
-                    "`{}`: {} wanted, {} available",
-                    item.sku, item.qty, product.available
-                ),
+                &format!("`{sku}`: {qty} wanted, {} available", product.available),
             )
             .into_response();
         }
-        total += product.unit_price_cents * item.qty;
+        let Some(line) = product.unit_price_cents.checked_mul(qty) else {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_quantity",
+                "quantity too large",
+            )
+            .into_response();
+        };
+        total = total.saturating_add(line);
     }
-    for item in &request.items {
-        if let Some(product) = store.products.get_mut(&item.sku) {
-            product.available -= item.qty;
+    let wanted: Vec<(String, u64)> = wanted.into_iter().map(|(s, q)| (s.to_owned(), q)).collect();
+    for (sku, qty) in &wanted {
+        if let Some(product) = store.products.get_mut(sku) {
+            product.available -= qty;
         }
     }
     store.next_id += 1;
     let reservation = Reservation {
         reservation_id: format!("res-{}", store.next_id),
         order_id: request.order_id.clone(),
-        items: request.items,
+        items: wanted
+            .into_iter()
+            .map(|(sku, qty)| Item { sku, qty })
+            .collect(),
         total_cents: total,
         status: "reserved".into(),
     };
@@ -181,23 +224,51 @@ async fn reserve(State(inv): State<Inventory>, body: axum::body::Bytes) -> Respo
 
 async fn release(State(inv): State<Inventory>, Path(id): Path<String>) -> Response {
     let mut store = inv.store.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(reservation) = store.reservations.get(&id).cloned() else {
+    if !store.reservations.contains_key(&id) {
         return json_error(StatusCode::NOT_FOUND, "not_found", "no such reservation")
             .into_response();
-    };
-    // Releasing twice is harmless: the stock goes back once.
+    }
+    let current = release_in(&mut store, &id);
+    (StatusCode::OK, Json(current)).into_response()
+}
+
+/// Releases reservation `id`; releasing twice is harmless (the stock goes back once).
+fn release_in(store: &mut Store, id: &str) -> Option<Reservation> {
+    let reservation = store.reservations.get(id).cloned()?;
     if reservation.status == "reserved" {
         for item in &reservation.items {
             if let Some(product) = store.products.get_mut(&item.sku) {
-                product.available += item.qty;
+                product.available = product.available.saturating_add(item.qty);
             }
         }
-        if let Some(r) = store.reservations.get_mut(&id) {
+        if let Some(r) = store.reservations.get_mut(id) {
             r.status = "released".into();
         }
     }
-    let current = store.reservations.get(&id).cloned();
-    (StatusCode::OK, Json(current)).into_response()
+    store.reservations.get(id).cloned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseOrder {
+    order_id: String,
+}
+
+/// Releases whatever is reserved for an order, and fences it: a reserve for the order that
+/// arrives later (a delayed retry) is refused. Idempotent.
+async fn release_order(State(inv): State<Inventory>, body: axum::body::Bytes) -> Response {
+    let request: ReleaseOrder = match json_body(&body) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let mut store = inv.store.lock().unwrap_or_else(|e| e.into_inner());
+    store.voided.insert(request.order_id.clone());
+    let released = store
+        .by_order
+        .get(&request.order_id)
+        .cloned()
+        .and_then(|id| release_in(&mut store, &id));
+    (StatusCode::OK, Json(released)).into_response()
 }
 
 async fn lookup(State(inv): State<Inventory>, Query(q): Query<ByOrder>) -> Response {

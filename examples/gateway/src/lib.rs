@@ -254,7 +254,9 @@ pub fn downstreams(
     // The stacks register their metrics when built: the recorder must be in place first.
     let _ = metrics_handle();
     let make = |name: &'static str, url: &str, cfg: &StackConfig| -> Result<Downstream, BoxError> {
-        let stack = stack_defaults(name, cfg).build_http()?;
+        let stack = stack_defaults(name, cfg)
+            .build_http()
+            .map_err(|e| format!("[{name}] stack: {e}"))?;
         Ok(Downstream::new(name, url, stack))
     };
     Ok(Downstreams {
@@ -279,16 +281,29 @@ pub async fn start_gateway(
     BoxError,
 > {
     let sagas = Arc::new(Sagas::default());
-    tokio::spawn(
+    let deferred = tokio::spawn(
         sagas
             .clone()
             .run_deferred(downstreams.clone(), options.compensation_retry),
     );
+    let metrics = metrics_handle();
+    // Histograms are folded only when asked to: do it regularly, not only when scraped.
+    let upkeep = tokio::spawn({
+        let metrics = metrics.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.run_upkeep();
+            }
+        }
+    });
     let state = api::AppState {
         downstreams,
-        sagas,
+        sagas: sagas.clone(),
         faults,
-        metrics: metrics_handle(),
+        metrics,
+        saga_wait: options.request_timeout.mul_f64(0.9),
     };
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
@@ -300,6 +315,14 @@ pub async fn start_gateway(
             let _ = stop.wait_for(|s| *s).await;
         },
     );
+    // After the HTTP requests have drained: let the sagas under way finish, then stop the
+    // background work. Compensations still waiting for their services are reported.
+    let server = tokio::spawn(async move {
+        let _ = server.await;
+        sagas.wait_idle(Duration::from_secs(30)).await;
+        sagas.stop_deferred(&deferred);
+        upkeep.abort();
+    });
     Ok((addr, state, shutdown, server))
 }
 

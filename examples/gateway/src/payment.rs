@@ -36,6 +36,9 @@ struct Store {
     charges: HashMap<String, Charge>,
     by_key: HashMap<String, String>,
     by_order: HashMap<String, String>,
+    /// Orders voided before (or without) a charge: a charge for them that arrives later (a
+    /// delayed retry) is refused.
+    voided: std::collections::HashSet<String>,
     next_id: u64,
 }
 
@@ -64,6 +67,7 @@ impl Payment {
         Router::new()
             .route("/charges", post(charge).get(lookup))
             .route("/charges/{id}/refund", post(refund))
+            .route("/voids", post(void_order))
             .with_state(self.clone())
     }
 
@@ -98,8 +102,27 @@ async fn charge(
     };
     let mut store = pay.store.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(existing) = store.by_key.get(&key).and_then(|id| store.charges.get(id)) {
+        if existing.order_id != request.order_id
+            || existing.customer_id != request.customer_id
+            || existing.amount_cents != request.amount_cents
+        {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different charge",
+            )
+            .into_response();
+        }
         // A replay: the first charge, never a second one.
         return (StatusCode::OK, Json(existing.clone())).into_response();
+    }
+    if store.voided.contains(&request.order_id) {
+        return json_error(
+            StatusCode::CONFLICT,
+            "order_voided",
+            "the order was voided: it cannot be charged",
+        )
+        .into_response();
     }
     if request.amount_cents > DECLINE_ABOVE_CENTS || request.customer_id.starts_with("declined") {
         return json_error(
@@ -137,6 +160,31 @@ async fn refund(State(pay): State<Payment>, Path(id): Path<String>) -> Response 
         }
         None => json_error(StatusCode::NOT_FOUND, "not_found", "no such charge").into_response(),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoidOrder {
+    order_id: String,
+}
+
+/// Refunds whatever was charged for an order, and fences it: a charge for the order that
+/// arrives later is refused. Idempotent.
+async fn void_order(State(pay): State<Payment>, body: axum::body::Bytes) -> Response {
+    let request: VoidOrder = match json_body(&body) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let mut store = pay.store.lock().unwrap_or_else(|e| e.into_inner());
+    store.voided.insert(request.order_id.clone());
+    let refunded = match store.by_order.get(&request.order_id).cloned() {
+        Some(id) => store.charges.get_mut(&id).map(|charge| {
+            charge.status = "refunded".into();
+            charge.clone()
+        }),
+        None => None,
+    };
+    (StatusCode::OK, Json(refunded)).into_response()
 }
 
 async fn lookup(State(pay): State<Payment>, Query(q): Query<ByOrder>) -> Response {

@@ -1,9 +1,16 @@
 //! The order saga: create the order, reserve stock, charge, confirm; on a failure, compensate
 //! in reverse (refund, release, cancel). A compensation whose service is down is kept and
 //! retried in the background until it succeeds.
+//!
+//! Every step that changes a downstream is safe to send twice: its `Idempotency-Key` is
+//! derived from the saga id, which is unique across restarts. The compensations are fences as
+//! well as undos: voiding an order's payment refunds its charge *and* refuses a charge for it
+//! that arrives later (a delayed retry); releasing an order's stock does the same for a late
+//! reservation; cancelling the order makes a late confirm fail. So a step whose answer was lost
+//! is undone as surely as one that failed.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +23,9 @@ use crate::inventory::Reservation;
 use crate::orders::Order;
 use crate::payment::Charge;
 use crate::Item;
+
+/// Sagas kept in the log; older finished ones are forgotten.
+const LOG_CAPACITY: usize = 10_000;
 
 /// The three downstreams.
 #[derive(Debug, Clone)]
@@ -39,7 +49,7 @@ impl Downstreams {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Step {
     /// `create_order`, `reserve_inventory`, `charge_payment`, `confirm_order`, or a
-    /// compensation: `refund_payment`, `release_inventory`, `cancel_order`.
+    /// compensation: `void_payment`, `release_inventory`, `cancel_order`.
     pub name: String,
     /// `done`, `failed`, `pending` (a compensation waiting for its service).
     pub status: String,
@@ -54,8 +64,8 @@ pub struct Saga {
     pub saga_id: String,
     /// The order, once created.
     pub order_id: Option<String>,
-    /// `running`, `confirmed`, `compensating` (compensations pending), `compensated`, or
-    /// `failed` (nothing to compensate).
+    /// `running`, `confirmed`, `compensating` (compensations pending), `compensated`,
+    /// `failed` (nothing to compensate), or `needs_attention` (a compensation was refused).
     pub state: String,
     /// The step that failed.
     pub failed_step: Option<String>,
@@ -65,41 +75,128 @@ pub struct Saga {
     pub steps: Vec<Step>,
 }
 
-/// A compensation still to run.
+impl Saga {
+    /// The state once no step is running: from the steps themselves, so that the request
+    /// and the background retries cannot overwrite each other's view.
+    fn settle(&mut self) {
+        if self.state == "confirmed" {
+            return;
+        }
+        let compensations = |s: &&Step| {
+            matches!(
+                s.name.as_str(),
+                "void_payment" | "release_inventory" | "cancel_order"
+            )
+        };
+        let steps: Vec<&Step> = self.steps.iter().filter(compensations).collect();
+        self.state = if steps.iter().any(|s| s.status == "failed") {
+            "needs_attention"
+        } else if steps.iter().any(|s| s.status == "pending") {
+            "compensating"
+        } else if self.order_id.is_some() {
+            "compensated"
+        } else {
+            "failed"
+        }
+        .into();
+    }
+}
+
+/// A compensation.
 #[derive(Debug, Clone)]
 enum Compensation {
-    /// Refund whatever was charged for the order (found by order, as a charge whose answer
-    /// was lost may exist).
-    Refund {
+    /// Refund whatever was charged for the order, and refuse a later charge for it.
+    Void {
         order_id: String,
     },
+    /// Release whatever is reserved for the order, and refuse a later reservation for it.
     Release {
-        reservation_id: String,
+        order_id: String,
     },
     Cancel {
         order_id: String,
         reason: String,
     },
+    /// After a confirm whose answer was lost: cancel the order first (a late confirm then
+    /// fails); if it turns out confirmed, the saga succeeded and nothing is undone.
+    Fence {
+        order_id: String,
+    },
 }
 
 impl Compensation {
+    fn order_id(&self) -> &str {
+        match self {
+            Compensation::Void { order_id }
+            | Compensation::Release { order_id }
+            | Compensation::Cancel { order_id, .. }
+            | Compensation::Fence { order_id } => order_id,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
-            Compensation::Refund { .. } => "refund_payment",
+            Compensation::Void { .. } => "void_payment",
             Compensation::Release { .. } => "release_inventory",
-            Compensation::Cancel { .. } => "cancel_order",
+            Compensation::Cancel { .. } | Compensation::Fence { .. } => "cancel_order",
         }
     }
 }
 
+/// What running a compensation gave.
+enum Compensated {
+    Done,
+    /// Done, and these follow.
+    Then(Vec<Compensation>),
+    /// The order turned out confirmed: nothing to undo.
+    Confirmed,
+    /// The service could not be reached, or failed: try again later.
+    Retry,
+    /// The service refused it: retrying will not help.
+    Refused(String),
+}
+
+/// A compensation waiting for its service.
+#[derive(Debug)]
+struct Pending {
+    saga_id: String,
+    compensation: Compensation,
+    ctx: Context,
+}
+
 /// The saga log and the compensations waiting for their services.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sagas {
-    log: Mutex<HashMap<String, Saga>>,
-    pending: Mutex<Vec<(String, Compensation)>>,
+    log: Mutex<(HashMap<String, Saga>, VecDeque<String>)>,
+    pending: Mutex<Vec<Pending>>,
+    /// Makes saga ids (and so idempotency keys) unique across restarts.
+    nonce: String,
     next: AtomicU64,
+    running: AtomicUsize,
     deferred: AtomicU64,
     completed_later: AtomicU64,
+}
+
+impl Default for Sagas {
+    fn default() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut x = (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32);
+        // Mix, so that close start times give unrelated nonces.
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        x ^= x >> 33;
+        Sagas {
+            log: Mutex::default(),
+            pending: Mutex::default(),
+            nonce: format!("{:012x}", x & 0xFFFF_FFFF_FFFF),
+            next: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            deferred: AtomicU64::new(0),
+            completed_later: AtomicU64::new(0),
+        }
+    }
 }
 
 /// What `POST /api/orders` takes.
@@ -108,7 +205,7 @@ pub struct Sagas {
 pub struct OrderRequest {
     /// Who orders.
     pub customer_id: String,
-    /// What (1 to 50 lines).
+    /// What (1 to 50 lines, one per product).
     pub items: Vec<Item>,
 }
 
@@ -124,6 +221,12 @@ impl OrderRequest {
         for (i, item) in self.items.iter().enumerate() {
             if item.sku.trim().is_empty() || item.sku.len() > 100 {
                 return Err(format!("`items[{i}].sku` must be 1 to 100 characters"));
+            }
+            if self.items[..i].iter().any(|other| other.sku == item.sku) {
+                return Err(format!(
+                    "`items[{i}].sku` repeats `{}`: give each product once, with its quantity",
+                    item.sku
+                ));
             }
             if item.qty == 0 || item.qty > 1_000 {
                 return Err(format!("`items[{i}].qty` must be between 1 and 1000"));
@@ -148,9 +251,8 @@ pub struct Outcome {
 enum Failure {
     /// The downstream said no: 409 out of stock, 402 declined, 422 unknown product.
     Refused { status: StatusCode, reason: String },
-    /// The downstream could not be reached, or failed.
+    /// The downstream could not be reached, timed out, or failed: the step's effect is unknown.
     Unavailable {
-        status: StatusCode,
         retry_after: Option<u64>,
         reason: String,
     },
@@ -167,11 +269,6 @@ impl Failure {
                 reason: code,
             },
             s => Failure::Unavailable {
-                status: if s.is_server_error() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::BAD_GATEWAY
-                },
                 retry_after: None,
                 reason: format!("{service} answered {}: {code}", s.as_u16()),
             },
@@ -180,11 +277,6 @@ impl Failure {
 
     fn from_unavailable(u: &Unavailable) -> Failure {
         Failure::Unavailable {
-            status: if u.kind.status == StatusCode::GATEWAY_TIMEOUT {
-                StatusCode::GATEWAY_TIMEOUT
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            },
             retry_after: u
                 .kind
                 .retry_after
@@ -208,12 +300,29 @@ fn step(name: &str, status: &str, detail: Option<String>) -> Step {
     }
 }
 
+/// Whether an answer is worth trying again later: the service failed or was busy.
+fn transient(answer: &Answer) -> bool {
+    answer.status.is_server_error()
+        || answer.status == StatusCode::REQUEST_TIMEOUT
+        || answer.status == StatusCode::TOO_MANY_REQUESTS
+}
+
 impl Sagas {
+    /// A new saga id.
+    pub fn new_id(&self) -> String {
+        format!(
+            "saga-{}-{}",
+            self.nonce,
+            self.next.fetch_add(1, Ordering::Relaxed) + 1
+        )
+    }
+
     /// A saga, by id.
     pub fn get(&self, id: &str) -> Option<Saga> {
         self.log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .0
             .get(id)
             .cloned()
     }
@@ -231,104 +340,212 @@ impl Sagas {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Sagas under way.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    fn insert(&self, saga: Saga) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, order) = &mut *log;
+        order.push_back(saga.saga_id.clone());
+        map.insert(saga.saga_id.clone(), saga);
+        // Forget the oldest finished sagas past the capacity (never one still in progress).
+        let mut scanned = 0;
+        while map.len() > LOG_CAPACITY && scanned < order.len() {
+            let Some(oldest) = order.pop_front() else {
+                break;
+            };
+            let done = map
+                .get(&oldest)
+                .is_some_and(|s| !matches!(s.state.as_str(), "running" | "compensating"));
+            if done {
+                map.remove(&oldest);
+            } else {
+                order.push_back(oldest);
+                scanned += 1;
+            }
+        }
+    }
+
     fn update(&self, id: &str, f: impl FnOnce(&mut Saga)) {
         if let Some(saga) = self
             .log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .0
             .get_mut(id)
         {
             f(saga);
         }
     }
 
-    /// Runs one order saga to its end (compensations that must wait are queued).
-    pub async fn run(&self, ds: &Downstreams, ctx: &Context, request: &OrderRequest) -> Outcome {
-        let saga_id = format!("saga-{}", self.next.fetch_add(1, Ordering::Relaxed) + 1);
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            saga_id.clone(),
-            Saga {
-                saga_id: saga_id.clone(),
-                order_id: None,
-                state: "running".into(),
-                failed_step: None,
-                reason: None,
-                steps: Vec::new(),
-            },
-        );
-        let mut compensations: Vec<Compensation> = Vec::new();
-        let result = self
-            .forward(ds, ctx, request, &saga_id, &mut compensations)
-            .await;
-        match result {
+    /// Runs the order saga `saga_id` to its end (compensations that must wait are queued).
+    pub async fn run(
+        &self,
+        ds: &Downstreams,
+        ctx: &Context,
+        request: &OrderRequest,
+        saga_id: &str,
+    ) -> Outcome {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        struct Running<'a>(&'a AtomicUsize);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _running = Running(&self.running);
+        self.insert(Saga {
+            saga_id: saga_id.to_owned(),
+            order_id: None,
+            state: "running".into(),
+            failed_step: None,
+            reason: None,
+            steps: Vec::new(),
+        });
+        let mut compensations = Vec::new();
+        let (failed_step, failure) = match self
+            .forward(ds, ctx, request, saga_id, &mut compensations)
+            .await
+        {
             Ok(body) => {
-                self.update(&saga_id, |s| s.state = "confirmed".into());
-                Outcome {
+                self.update(saga_id, |s| s.state = "confirmed".into());
+                return Outcome {
                     status: StatusCode::CREATED,
                     retry_after: None,
                     body,
-                }
-            }
-            Err((failed_step, failure)) => {
-                self.update(&saga_id, |s| {
-                    s.failed_step = Some(failed_step.into());
-                    s.reason = Some(failure.reason().to_owned());
-                    s.steps.push(step(
-                        failed_step,
-                        "failed",
-                        Some(failure.reason().to_owned()),
-                    ));
-                });
-                let order_id = self.get(&saga_id).and_then(|s| s.order_id);
-                // Compensate in reverse.
-                let mut results = Vec::new();
-                for comp in compensations.into_iter().rev() {
-                    let done = self.compensate(ds, ctx, &comp).await;
-                    let status = if done { "done" } else { "pending" };
-                    self.update(&saga_id, |s| s.steps.push(step(comp.name(), status, None)));
-                    results.push(json!({ "step": comp.name(), "status": status }));
-                    if !done {
-                        self.deferred.fetch_add(1, Ordering::Relaxed);
-                        self.pending
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((saga_id.clone(), comp));
-                    }
-                }
-                let waiting = results.iter().any(|r| r["status"] == "pending");
-                let state = match (order_id.is_some(), waiting) {
-                    (false, _) => "failed",
-                    (true, true) => "compensating",
-                    (true, false) => "compensated",
                 };
-                self.update(&saga_id, |s| s.state = state.into());
-                let (status, retry_after) = match &failure {
-                    Failure::Refused { status, .. } => (*status, None),
-                    Failure::Unavailable {
-                        status,
-                        retry_after,
-                        ..
-                    } => (*status, *retry_after),
-                };
-                Outcome {
-                    status,
-                    retry_after,
-                    body: json!({
-                        "outcome": "failed",
-                        "saga_id": saga_id,
-                        "order_id": order_id,
-                        "failed_step": failed_step,
-                        "reason": failure.reason(),
-                        "saga_state": state,
-                        "compensations": results,
-                    }),
-                }
             }
+            Err(failed) => failed,
+        };
+        self.update(saga_id, |s| {
+            s.failed_step = Some(failed_step.into());
+            s.reason = Some(failure.reason().to_owned());
+            s.steps.push(step(
+                failed_step,
+                "failed",
+                Some(failure.reason().to_owned()),
+            ));
+        });
+        let order_id = self.get(saga_id).and_then(|s| s.order_id);
+        // A confirm whose effect is unknown: the cancel goes first, as a fence.
+        if let (Failure::Unavailable { .. }, "confirm_order", Some(order_id)) =
+            (&failure, failed_step, &order_id)
+        {
+            compensations = vec![Compensation::Fence {
+                order_id: order_id.clone(),
+            }];
+        }
+        // Compensate in reverse; a compensation may bring others after it.
+        let mut queue: VecDeque<Compensation> = compensations.into_iter().rev().collect();
+        let mut results = Vec::new();
+        while let Some(comp) = queue.pop_front() {
+            let name = comp.name();
+            let status = match self.compensate(ds, ctx, &comp).await {
+                Compensated::Done => "done",
+                Compensated::Then(next) => {
+                    queue.extend(next);
+                    "done"
+                }
+                Compensated::Confirmed => {
+                    // The confirm had landed: the saga succeeded after all.
+                    self.update(saga_id, |s| {
+                        s.state = "confirmed".into();
+                        s.steps.push(step(
+                            "confirm_order",
+                            "done",
+                            Some("confirmed; its answer was lost".into()),
+                        ));
+                    });
+                    return self.confirmed_late(ds, ctx, saga_id, &order_id).await;
+                }
+                Compensated::Retry => {
+                    self.deferred.fetch_add(1, Ordering::Relaxed);
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Pending {
+                            saga_id: saga_id.to_owned(),
+                            compensation: comp,
+                            ctx: ctx.clone(),
+                        });
+                    "pending"
+                }
+                Compensated::Refused(why) => {
+                    self.update(saga_id, |s| s.steps.push(step(name, "failed", Some(why))));
+                    results.push(json!({ "step": name, "status": "failed" }));
+                    continue;
+                }
+            };
+            self.update(saga_id, |s| s.steps.push(step(name, status, None)));
+            results.push(json!({ "step": name, "status": status }));
+        }
+        let mut state = String::new();
+        self.update(saga_id, |s| {
+            s.settle();
+            state = s.state.clone();
+        });
+        let (status, retry_after) = match &failure {
+            Failure::Refused { status, .. } => (*status, None),
+            Failure::Unavailable { retry_after, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, *retry_after)
+            }
+        };
+        Outcome {
+            status,
+            retry_after,
+            body: json!({
+                "outcome": "failed",
+                "saga_id": saga_id,
+                "order_id": order_id,
+                "failed_step": failed_step,
+                "reason": failure.reason(),
+                "saga_state": state,
+                "compensations": results,
+            }),
+        }
+    }
+
+    /// The answer for a saga whose confirm landed though its answer was lost.
+    async fn confirmed_late(
+        &self,
+        ds: &Downstreams,
+        ctx: &Context,
+        saga_id: &str,
+        order_id: &Option<String>,
+    ) -> Outcome {
+        let id = order_id.clone().unwrap_or_default();
+        let order = ds
+            .order
+            .call(
+                ctx,
+                Method::GET,
+                &format!("/orders/{id}"),
+                None::<&()>,
+                None,
+            )
+            .await
+            .ok()
+            .and_then(|a| a.json::<Order>().ok());
+        Outcome {
+            status: StatusCode::CREATED,
+            retry_after: None,
+            body: json!({
+                "outcome": "confirmed",
+                "saga_id": saga_id,
+                "order_id": id,
+                "status": "confirmed",
+                "total_cents": order.as_ref().and_then(|o| o.total_cents),
+                "payment_id": order.as_ref().and_then(|o| o.payment_id.clone()),
+                "reservation_id": order.as_ref().and_then(|o| o.reservation_id.clone()),
+            }),
         }
     }
 
     /// The forward steps; on a failure, the step and why, with `compensations` holding what
-    /// must be undone.
+    /// must be undone (each pushed before its step, so a step whose answer was lost is undone
+    /// too).
     async fn forward(
         &self,
         ds: &Downstreams,
@@ -358,8 +575,11 @@ impl Sagas {
         });
 
         // 2. Reserve the stock.
+        compensations.push(Compensation::Release {
+            order_id: order_id.clone(),
+        });
         let reserve = json!({ "order_id": order_id, "items": request.items });
-        let key = format!("reserve-{order_id}");
+        let key = format!("{saga_id}-reserve");
         let reservation: Reservation = expect(
             "reserve_inventory",
             ds.inventory
@@ -380,29 +600,24 @@ impl Sagas {
                 Some(reservation.reservation_id.clone()),
             ))
         });
-        compensations.push(Compensation::Release {
-            reservation_id: reservation.reservation_id.clone(),
-        });
 
-        // 3. Charge, with a key that makes a replay harmless. A charge whose answer was lost
-        // may have happened: from here on, a failure refunds by order.
+        // 3. Charge, with a key that makes a replay harmless.
+        compensations.push(Compensation::Void {
+            order_id: order_id.clone(),
+        });
         let charge = json!({
             "order_id": order_id,
             "customer_id": request.customer_id,
             "amount_cents": reservation.total_cents,
         });
-        let key = format!("charge-{order_id}");
-        let charged = ds
-            .payment
-            .call(ctx, Method::POST, "/charges", Some(&charge), Some(&key))
-            .await;
-        let refused = matches!(&charged, Ok(a) if a.status == StatusCode::PAYMENT_REQUIRED);
-        if !refused {
-            compensations.push(Compensation::Refund {
-                order_id: order_id.clone(),
-            });
-        }
-        let charge: Charge = expect("charge_payment", charged, "payment")?;
+        let key = format!("{saga_id}-charge");
+        let charge: Charge = expect(
+            "charge_payment",
+            ds.payment
+                .call(ctx, Method::POST, "/charges", Some(&charge), Some(&key))
+                .await,
+            "payment",
+        )?;
         self.update(saga_id, |s| {
             s.steps.push(step(
                 "charge_payment",
@@ -417,7 +632,7 @@ impl Sagas {
             "reservation_id": reservation.reservation_id,
             "total_cents": reservation.total_cents,
         });
-        let key = format!("confirm-{order_id}");
+        let key = format!("{saga_id}-confirm");
         let confirmed: Order = expect(
             "confirm_order",
             ds.order
@@ -445,48 +660,72 @@ impl Sagas {
         }))
     }
 
-    /// Runs one compensation; `true` when done (or nothing was left to undo).
-    async fn compensate(&self, ds: &Downstreams, ctx: &Context, comp: &Compensation) -> bool {
-        match comp {
-            Compensation::Refund { order_id } => {
-                let path = format!("/charges?order_id={order_id}");
-                match ds
-                    .payment
-                    .call(ctx, Method::GET, &path, None::<&()>, None)
-                    .await
-                {
-                    Ok(a) if a.status == StatusCode::NOT_FOUND => true,
-                    Ok(a) if a.status.is_success() => {
-                        let Ok(charge) = a.json::<Charge>() else {
-                            return false;
-                        };
-                        let path = format!("/charges/{}/refund", charge.charge_id);
-                        let key = format!("refund-{}", charge.charge_id);
-                        matches!(
-                            ds.payment.call(ctx, Method::POST, &path, None::<&()>, Some(&key)).await,
-                            Ok(a) if a.status.is_success()
-                        )
-                    }
-                    _ => false,
-                }
+    /// Runs one compensation.
+    async fn compensate(
+        &self,
+        ds: &Downstreams,
+        ctx: &Context,
+        comp: &Compensation,
+    ) -> Compensated {
+        let (service, method, path, body) = match comp {
+            Compensation::Void { order_id } => (
+                &ds.payment,
+                Method::POST,
+                "/voids".to_owned(),
+                json!({ "order_id": order_id }),
+            ),
+            Compensation::Release { order_id } => (
+                &ds.inventory,
+                Method::POST,
+                "/releases".to_owned(),
+                json!({ "order_id": order_id }),
+            ),
+            Compensation::Cancel { order_id, reason } => (
+                &ds.order,
+                Method::POST,
+                format!("/orders/{order_id}/cancel"),
+                json!({ "reason": reason }),
+            ),
+            Compensation::Fence { order_id } => (
+                &ds.order,
+                Method::POST,
+                format!("/orders/{order_id}/cancel"),
+                json!({ "reason": "its confirmation could not be verified" }),
+            ),
+        };
+        // Each compensation is idempotent on its service; the key lets it be retried.
+        let key = format!("{}-{}", comp.name(), comp.order_id());
+        let answer = match service
+            .call(ctx, method, &path, Some(&body), Some(&key))
+            .await
+        {
+            Ok(answer) => answer,
+            Err(_) => return Compensated::Retry,
+        };
+        match (comp, answer.status) {
+            (_, s) if s.is_success() => match comp {
+                Compensation::Fence { order_id } => Compensated::Then(vec![
+                    Compensation::Void {
+                        order_id: order_id.clone(),
+                    },
+                    Compensation::Release {
+                        order_id: order_id.clone(),
+                    },
+                ]),
+                _ => Compensated::Done,
+            },
+            (Compensation::Fence { .. }, StatusCode::CONFLICT)
+                if answer.error_code().as_deref() == Some("order_confirmed") =>
+            {
+                Compensated::Confirmed
             }
-            Compensation::Release { reservation_id } => {
-                let path = format!("/reservations/{reservation_id}");
-                matches!(
-                    ds.inventory.call(ctx, Method::DELETE, &path, None::<&()>, None).await,
-                    Ok(a) if a.status.is_success() || a.status == StatusCode::NOT_FOUND
-                )
-            }
-            Compensation::Cancel { order_id, reason } => {
-                let path = format!("/orders/{order_id}/cancel");
-                let key = format!("cancel-{order_id}");
-                matches!(
-                    ds.order
-                        .call(ctx, Method::POST, &path, Some(&json!({ "reason": reason })), Some(&key))
-                        .await,
-                    Ok(a) if a.status.is_success()
-                )
-            }
+            _ if transient(&answer) => Compensated::Retry,
+            (_, s) => Compensated::Refused(format!(
+                "{} answered {}: {}",
+                service.name(),
+                s.as_u16(),
+                answer.error_code().unwrap_or_default()
+            )),
         }
     }
 
@@ -503,30 +742,68 @@ impl Sagas {
     /// One pass over the waiting compensations.
     pub async fn retry_deferred(&self, ds: &Downstreams) {
         let waiting = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let ctx = Context::default();
-        for (saga_id, comp) in waiting {
-            if self.compensate(ds, &ctx, &comp).await {
-                self.completed_later.fetch_add(1, Ordering::Relaxed);
-                self.update(&saga_id, |s| {
-                    if let Some(st) = s
-                        .steps
-                        .iter_mut()
-                        .rev()
-                        .find(|st| st.name == comp.name() && st.status == "pending")
-                    {
-                        st.status = "done".into();
-                        st.detail = Some("completed after its service came back".into());
+        let mut queue: VecDeque<Pending> = waiting.into();
+        while let Some(item) = queue.pop_front() {
+            let name = item.compensation.name();
+            let result = self.compensate(ds, &item.ctx, &item.compensation).await;
+            let confirmed = matches!(result, Compensated::Confirmed);
+            let (status, detail) = match result {
+                Compensated::Retry => {
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(item);
+                    continue;
+                }
+                Compensated::Done => ("done", "completed after its service came back".to_owned()),
+                Compensated::Then(next) => {
+                    for compensation in next {
+                        queue.push_back(Pending {
+                            saga_id: item.saga_id.clone(),
+                            compensation,
+                            ctx: item.ctx.clone(),
+                        });
                     }
-                    if !s.steps.iter().any(|st| st.status == "pending") {
-                        s.state = "compensated".into();
-                    }
-                });
-            } else {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((saga_id, comp));
-            }
+                    ("done", "completed after its service came back".to_owned())
+                }
+                Compensated::Confirmed => ("done", "the order was confirmed after all".to_owned()),
+                Compensated::Refused(why) => ("failed", why),
+            };
+            self.completed_later.fetch_add(1, Ordering::Relaxed);
+            self.update(&item.saga_id, |s| {
+                if let Some(st) = s
+                    .steps
+                    .iter_mut()
+                    .rev()
+                    .find(|st| st.name == name && st.status == "pending")
+                {
+                    st.status = status.into();
+                    st.detail = Some(detail);
+                }
+                if confirmed {
+                    s.state = "confirmed".into();
+                } else {
+                    s.settle();
+                }
+            });
+        }
+    }
+
+    /// Stops the background retries (at shutdown) and reports what is still waiting: it is
+    /// lost with the process, as the log is.
+    pub fn stop_deferred(&self, task: &tokio::task::JoinHandle<()>) {
+        task.abort();
+        let pending = self.pending();
+        if pending > 0 {
+            eprintln!("shutdown: {pending} compensation(s) still waiting for their services");
+        }
+    }
+
+    /// Waits, up to `limit`, for the sagas under way to finish (for a graceful shutdown).
+    pub async fn wait_idle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -542,7 +819,6 @@ fn expect<T: serde::de::DeserializeOwned>(
             (
                 step,
                 Failure::Unavailable {
-                    status: StatusCode::BAD_GATEWAY,
                     retry_after: None,
                     reason: format!("{service} sent an unreadable answer"),
                 },
