@@ -8,8 +8,9 @@
 //! - Unknown fields are an error.
 //! - Each type is validated as it is read, as `build()` would validate it applied to the
 //!   defaults (a stack file against the stack's defaults), so a bad file fails at load and
-//!   the error names the field. Applied to a builder changed in code first, `build()` checks
-//!   the result again.
+//!   the error names the field. The checks between the total and attempt timeouts (and the
+//!   breaker's time window) run at load only when the file gives both sides. Applied to a
+//!   builder changed in code, `build()` checks the result again.
 //!
 //! ```
 //! use bulwark::config::StackConfig;
@@ -25,7 +26,9 @@
 //! }"#)?;
 //! let stack = StackLayer::builder("inventory").config(&config).build()?;
 //!
-//! let bad = serde_json::from_str::<StackConfig>(r#"{ "attempt_timeout": "40s" }"#);
+//! let bad = serde_json::from_str::<StackConfig>(
+//!     r#"{ "total_timeout": "5s", "attempt_timeout": "40s" }"#,
+//! );
 //! assert!(bad.unwrap_err().to_string().contains("`attempt_timeout` must not exceed total_timeout"));
 //! # let _ = stack;
 //! # Ok(())
@@ -471,10 +474,16 @@ impl<'de> Deserialize<'de> for StackConfig {
         let config = StackConfig {
             raw: RawStack::deserialize(deserializer)?,
         };
-        crate::stack::StackLayer::builder("config")
-            .config(&config)
-            .validate()
-            .map_err(invalid)?;
+        // The checks between stages run here only when the file gives both sides: a timeout
+        // the file leaves out keeps whatever the code set, which `build()` checks.
+        let mut builder = crate::stack::StackLayer::builder("config");
+        if config.raw.total_timeout.is_none() {
+            builder = builder.no_total_timeout();
+        }
+        if config.raw.attempt_timeout.is_none() {
+            builder = builder.no_attempt_timeout();
+        }
+        builder.config(&config).validate().map_err(invalid)?;
         Ok(config)
     }
 }

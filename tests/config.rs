@@ -133,7 +133,7 @@ fn durations_need_a_unit_and_say_so() {
 fn validation_runs_at_load_and_names_the_field() {
     let cases: &[(&str, &str)] = &[
         (
-            "attempt_timeout = \"40s\"",
+            "total_timeout = \"5s\"\nattempt_timeout = \"40s\"",
             "invalid stack config: `attempt_timeout` must not exceed total_timeout",
         ),
         (
@@ -215,6 +215,23 @@ fn numbers_as_strings_and_false_as_off() {
     assert!(e.contains("`true` is not a setting"), "{e}");
     let e = json_err::<StackConfig>(r#"{ "retry": 3 }"#);
     assert!(e.contains("expected a retry table"), "{e}");
+}
+
+/// A check between two settings runs at load only when the file gives both: one alone keeps
+/// the other from the code, and `build()` judges the pair.
+#[test]
+fn one_timeout_alone_is_judged_with_the_codes_other() {
+    let config: StackConfig = toml::from_str("total_timeout = \"3s\"").unwrap();
+    let ok = StackLayer::builder("s")
+        .attempt_timeout(Duration::from_secs(1))
+        .config(&config)
+        .build();
+    assert!(ok.is_ok());
+    let e = StackLayer::builder("s")
+        .config(&config)
+        .build()
+        .unwrap_err();
+    assert_eq!((e.component(), e.field()), ("stack", "attempt_timeout"));
 }
 
 #[test]

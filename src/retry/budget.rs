@@ -55,6 +55,11 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
+    /// The settings.
+    pub(crate) fn config(&self) -> RetryBudget {
+        self.config
+    }
+
     pub(crate) fn new(config: RetryBudget) -> Self {
         Budget {
             config,

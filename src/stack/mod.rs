@@ -173,7 +173,17 @@ impl<C, P> fmt::Debug for StackLayer<C, P> {
                 &stages.bulkhead.as_ref().map(|b| b.max_wait()),
             )
             .field("total_timeout", &stages.total)
-            .field("retry", &stages.retry.as_ref().map(|r| r.max_attempts))
+            .field(
+                "retry",
+                &stages.retry.as_ref().map(|r| {
+                    (
+                        ("max_attempts", r.max_attempts),
+                        ("backoff", r.backoff),
+                        ("deadline", r.deadline),
+                        ("budget", r.budget.as_ref().map(|b| b.config())),
+                    )
+                }),
+            )
             .field(
                 "circuit_breaker",
                 &stages.breaker.as_ref().map(|b| &b.policy),

@@ -33,7 +33,6 @@ struct Args {
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut parsed = Args {
-        listen: std::env::var("GATEWAY_LISTEN").ok(),
         config: std::env::var("GATEWAY_CONFIG").ok(),
         order: std::env::var("ORDER_URL").ok(),
         payment: std::env::var("PAYMENT_URL").ok(),
@@ -86,9 +85,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
             .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:8080"))
     };
 
-    // One downstream alone.
+    // One downstream alone (GATEWAY_LISTEN is the gateway's: a service takes --listen).
     if let Some(service) = &args.service {
         let addr = listen("127.0.0.1:0")?;
+        if [&args.order, &args.payment, &args.inventory]
+            .iter()
+            .any(|u| u.is_some())
+            && std::env::args().any(|a| a.ends_with("-url"))
+        {
+            return Err("a service alone takes only --listen".into());
+        }
         let router = match service.as_str() {
             "order" => gateway::orders::Orders::default().router(),
             "payment" => gateway::payment::Payment::default().router(),
@@ -100,6 +106,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
         return Ok(());
     }
 
+    let env_listen = std::env::var("GATEWAY_LISTEN").ok();
+    let listen = |default: &str| -> Result<SocketAddr, String> {
+        let text = args
+            .listen
+            .as_deref()
+            .or(env_listen.as_deref())
+            .unwrap_or(default);
+        text.parse()
+            .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:8080"))
+    };
     let config: GatewayConfig = match &args.config {
         Some(path) => {
             let text =
