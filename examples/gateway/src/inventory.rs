@@ -59,26 +59,38 @@ pub struct Inventory {
 
 impl Default for Inventory {
     fn default() -> Self {
+        Inventory::with_stock_scale(1)
+    }
+}
+
+impl Inventory {
+    /// The catalog, with every product's stock multiplied by `scale` (for load and soak runs).
+    pub fn with_stock_scale(scale: u64) -> Self {
         let mut store = Store::default();
-        for (sku, name, price, stock) in [
-            ("sku-anvil", "Anvil", 4_999, 20),
-            ("sku-rope", "Rope, 10 m", 1_250, 100),
-            ("sku-lamp", "Lamp", 2_500, 5),
-            ("sku-rare", "Rare coin", 99_900, 1),
-        ] {
-            store.products.insert(
-                sku.to_owned(),
-                Product {
-                    sku: sku.to_owned(),
-                    name: name.to_owned(),
-                    unit_price_cents: price,
-                    available: stock,
-                },
-            );
+        for product in Inventory::catalog(scale) {
+            store.products.insert(product.sku.clone(), product);
         }
         Inventory {
             store: Arc::new(Mutex::new(store)),
         }
+    }
+
+    /// The products a new inventory starts with, stock multiplied by `scale`.
+    pub fn catalog(scale: u64) -> Vec<Product> {
+        [
+            ("sku-anvil", "Anvil", 4_999, 20),
+            ("sku-rope", "Rope, 10 m", 1_250, 100),
+            ("sku-lamp", "Lamp", 2_500, 5),
+            ("sku-rare", "Rare coin", 99_900, 1),
+        ]
+        .into_iter()
+        .map(|(sku, name, price, stock)| Product {
+            sku: sku.to_owned(),
+            name: name.to_owned(),
+            unit_price_cents: price,
+            available: stock * scale.max(1),
+        })
+        .collect()
     }
 }
 

@@ -206,6 +206,8 @@ pub struct Embedded {
     pub stock: inventory::Inventory,
     /// The switches.
     pub faults: FaultRegistry,
+    /// The inventory's stock, as a multiple of the catalog's.
+    pub stock_scale: u64,
     /// The gateway's shared state.
     pub state: api::AppState,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -231,6 +233,8 @@ pub struct Options {
     pub request_timeout: Duration,
     /// How often deferred compensations are retried.
     pub compensation_retry: Duration,
+    /// The embedded inventory's stock, as a multiple of the catalog's (for load and soak runs).
+    pub stock_scale: u64,
 }
 
 impl Default for Options {
@@ -240,6 +244,7 @@ impl Default for Options {
             config: GatewayConfig::default(),
             request_timeout: Duration::from_secs(10),
             compensation_retry: Duration::from_millis(500),
+            stock_scale: 1,
         }
     }
 }
@@ -333,7 +338,7 @@ pub async fn start_embedded(options: &Options) -> Result<Embedded, BoxError> {
     let (orders, payments, stock) = (
         orders::Orders::default(),
         payment::Payment::default(),
-        inventory::Inventory::default(),
+        inventory::Inventory::with_stock_scale(options.stock_scale),
     );
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let fault = |name: &str| faults.get(name).cloned().ok_or("unknown service");
@@ -357,6 +362,7 @@ pub async fn start_embedded(options: &Options) -> Result<Embedded, BoxError> {
         payments,
         stock,
         faults,
+        stock_scale: options.stock_scale,
         state,
         shutdown,
         server,

@@ -757,6 +757,8 @@ impl Sagas {
                 }
                 Compensated::Done => ("done", "completed after its service came back".to_owned()),
                 Compensated::Then(next) => {
+                    self.deferred
+                        .fetch_add(next.len() as u64, Ordering::Relaxed);
                     for compensation in next {
                         queue.push_back(Pending {
                             saga_id: item.saga_id.clone(),

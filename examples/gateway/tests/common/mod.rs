@@ -1,0 +1,179 @@
+//! Helpers for the gateway's tests: an embedded gateway with short timeouts, a real HTTP
+//! client, and the saga invariant. Each test binary uses what it needs.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway::{start_embedded, Embedded, GatewayConfig, Options};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+/// Short timeouts and breaks, so faults show in a test's time.
+pub const CONFIG: &str = r#"
+[payment]
+attempt_timeout = "1s"
+total_timeout = "4s"
+retry = { max_attempts = 3, backoff = { base = "20ms", factor = 2.0, max = "100ms" } }
+circuit_breaker = { consecutive_failures = 3, break_duration = "700ms", success_threshold = 1 }
+
+[inventory]
+attempt_timeout = "1s"
+retry = { backoff = { base = "20ms", factor = 2.0, max = "100ms" } }
+circuit_breaker = { consecutive_failures = 3, break_duration = "700ms" }
+
+[order]
+attempt_timeout = "1s"
+"#;
+
+pub async fn start() -> Embedded {
+    start_scaled(1).await
+}
+
+/// An embedded gateway whose stock is `scale` times the catalog's.
+pub async fn start_scaled(scale: u64) -> Embedded {
+    let config: GatewayConfig = toml::from_str(CONFIG).expect("test config");
+    let options = Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        config,
+        request_timeout: Duration::from_secs(8),
+        compensation_retry: Duration::from_millis(100),
+        stock_scale: scale,
+    };
+    start_embedded(&options).await.expect("gateway starts")
+}
+
+pub struct Http {
+    pub client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    pub base: String,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Value,
+}
+
+impl Http {
+    pub fn new(gw: &Embedded) -> Self {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{}", gw.gateway),
+        }
+    }
+
+    pub async fn send(&self, method: Method, path: &str, body: Option<String>) -> Answer {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(15), self.client.request(request))
+            .await
+            .expect("answered in time")
+            .expect("a response");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn order(&self, customer: &str, sku: &str, qty: u64) -> Answer {
+        let body = json!({ "customer_id": customer, "items": [{ "sku": sku, "qty": qty }] });
+        self.send(Method::POST, "/api/orders", Some(body.to_string()))
+            .await
+    }
+
+    pub async fn fault(&self, service: &str, settings: Value) {
+        let a = self
+            .send(
+                Method::PUT,
+                &format!("/admin/faults/{service}"),
+                Some(settings.to_string()),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+}
+
+/// Waits, up to 10 s, for `check` to hold.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// The saga invariant: no reservation and no charge without a confirmed order, no
+/// confirmed order without both, nobody charged twice for an order.
+pub fn assert_consistent(gw: &Embedded) {
+    let orders = gw.orders.orders();
+    let confirmed: Vec<_> = orders.iter().filter(|o| o.status == "confirmed").collect();
+    for r in gw.stock.reserved() {
+        assert!(
+            confirmed.iter().any(|o| o.order_id == r.order_id),
+            "reservation {} left behind",
+            r.reservation_id
+        );
+    }
+    let captured: Vec<_> = gw
+        .payments
+        .charges()
+        .into_iter()
+        .filter(|c| c.status == "captured")
+        .collect();
+    for c in &captured {
+        assert!(
+            confirmed.iter().any(|o| o.order_id == c.order_id),
+            "charge {} without a confirmed order",
+            c.charge_id
+        );
+        assert_eq!(
+            captured.iter().filter(|d| d.order_id == c.order_id).count(),
+            1,
+            "order {} charged twice",
+            c.order_id
+        );
+    }
+    for o in confirmed {
+        assert!(captured.iter().any(|c| c.order_id == o.order_id));
+        assert!(gw.stock.reserved().iter().any(|r| r.order_id == o.order_id));
+    }
+    // Stock is conserved: what is available plus what is reserved is what there was.
+    let initial = gateway::inventory::Inventory::catalog(gw.stock_scale);
+    for p in gw.stock.products() {
+        let reserved: u64 = gw
+            .stock
+            .reserved()
+            .iter()
+            .flat_map(|r| r.items.iter())
+            .filter(|i| i.sku == p.sku)
+            .map(|i| i.qty)
+            .sum();
+        let before = initial.iter().find(|i| i.sku == p.sku).unwrap().available;
+        assert_eq!(p.available + reserved, before, "stock of {}", p.sku);
+    }
+    // Once no saga runs and no compensation waits, no order is left pending.
+    if gw.state.sagas.running() == 0 && gw.state.sagas.pending() == 0 {
+        for o in &orders {
+            assert_ne!(o.status, "pending", "order {} left pending", o.order_id);
+        }
+    }
+}
