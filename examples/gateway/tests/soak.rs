@@ -82,7 +82,7 @@ async fn client(
         let started = Instant::now();
         let (what, answer) = if roll < 6 {
             let sku = ["sku-rope", "sku-anvil", "sku-lamp"][(rng.next() % 3) as usize];
-            let customer = if rng.next() % 10 == 0 {
+            let customer = if rng.next().is_multiple_of(10) {
                 format!("declined-{id}")
             } else {
                 format!("soak-{id}")
