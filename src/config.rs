@@ -539,8 +539,42 @@ impl<C: Clone, P: Clone> StackBuilder<C, P> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, StackConfig};
+    use proptest::prelude::*;
     use std::time::Duration;
+
+    proptest! {
+        /// Any text: an error or a duration, never a panic.
+        #[test]
+        fn duration_parsing_never_panics(text in "\\PC{0,24}") {
+            let _ = parse_duration(&text);
+        }
+
+        /// A whole number with a unit reads exactly.
+        #[test]
+        fn whole_numbers_read_exactly(n in 0u64..1_000_000, unit in 0usize..6) {
+            let (suffix, nanos) = [("ns", 1u64), ("us", 1_000), ("ms", 1_000_000),
+                ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)][unit];
+            let got = parse_duration(&format!("{n}{suffix}")).unwrap();
+            let want = Duration::from_nanos(n * nanos);
+            // Within a nanosecond per part: the sum is made in f64.
+            prop_assert!(got.abs_diff(want) <= Duration::from_nanos(1 + want.as_nanos() as u64 / 1_000_000_000_000), "{got:?} vs {want:?}");
+        }
+
+        /// Any JSON made of the config's own words: a config or an error, never a panic.
+        #[test]
+        fn config_loading_never_panics(parts in proptest::collection::vec(prop_oneof![
+            Just("{"), Just("}"), Just("\"retry\":"), Just("\"total_timeout\":"),
+            Just("\"circuit_breaker\":"), Just("\"off\""), Just("\"5s\""), Just("0"),
+            Just("-1"), Just("1e309"), Just("true"), Just("false"), Just(","), Just("null"),
+            Just("\"max_attempts\":"), Just("\"budget\":"), Just("\"failure_rate_over_calls\":"),
+            Just("\"rate\":"), Just("0.5"), Just("\"window\":"), Just("\"1ms\""),
+        ], 0..24)) {
+            let text: String = parts.concat();
+            let _ = serde_json::from_str::<StackConfig>(&text);
+            let _ = toml::from_str::<StackConfig>(&text);
+        }
+    }
 
     #[test]
     fn durations_read_with_their_units() {

@@ -965,5 +965,28 @@ mod tests {
                 let _ = parse_retry_after(&v, SystemTime::now());
             }
         }
+
+        /// Any `grpc-status` and `grpc-retry-pushback-ms`: a verdict, never a panic; a wait
+        /// only for a whole number of milliseconds within the cap.
+        #[test]
+        fn grpc_verdicts_never_panic(
+            status in proptest::collection::vec(any::<u8>(), 0..12),
+            pushback in proptest::collection::vec(any::<u8>(), 0..24),
+        ) {
+            let mut answer = Response::builder().status(200);
+            if let Ok(v) = HeaderValue::from_bytes(&status) {
+                answer = answer.header("grpc-status", v);
+            }
+            let sent = HeaderValue::from_bytes(&pushback).ok();
+            if let Some(v) = &sent {
+                answer = answer.header(GRPC_PUSHBACK, v.clone());
+            }
+            let verdict = grpc_verdict(&HttpPolicy::grpc(), answer.body(()).unwrap());
+            if let Verdict::RetryAfter(wait) = verdict {
+                let text = sent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default().trim();
+                prop_assert!(text.bytes().all(|b| b.is_ascii_digit()));
+                prop_assert!(wait <= Duration::from_secs(30));
+            }
+        }
     }
 }

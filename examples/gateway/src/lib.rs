@@ -129,20 +129,74 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, draining requests in flight.
+/// How long a client may take to send a request's head before its connection is closed
+/// (against slow-header clients).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest request head (start line and headers) a connection takes; a larger head is
+/// answered 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Serves `router` on `listener` until `shutdown` resolves, draining requests in flight, with
+/// the default [`HEADER_READ_TIMEOUT`].
 pub fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {
+    serve_with(listener, router, shutdown, HEADER_READ_TIMEOUT)
+}
+
+/// As [`serve`], with `header_read_timeout`. HTTP/1 connections through hyper, with the head
+/// size bounded by [`MAX_HEAD_BYTES`]; each request carries its peer's address as
+/// `ConnectInfo<SocketAddr>`.
+pub fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    header_read_timeout: Duration,
+) -> JoinHandle<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
     tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(err) = axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            eprintln!("server error: {err}");
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(err) => {
+                        // Out of file descriptors, say: wait a little rather than spin.
+                        eprintln!("accept error: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let router = router.clone();
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let mut request = request.map(axum::body::Body::new);
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(router.clone(), request)
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .max_header_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
         }
+        drop(listener);
+        // Drain: requests in flight finish; idle connections close.
+        let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
     })
 }
 
@@ -235,6 +289,8 @@ pub struct Options {
     pub compensation_retry: Duration,
     /// The embedded inventory's stock, as a multiple of the catalog's (for load and soak runs).
     pub stock_scale: u64,
+    /// How long a client may take to send a request's head.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Options {
@@ -245,6 +301,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(10),
             compensation_retry: Duration::from_millis(500),
             stock_scale: 1,
+            header_read_timeout: HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -313,12 +370,13 @@ pub async fn start_gateway(
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-    let server = serve(
+    let server = serve_with(
         listener,
         api::router(state.clone(), options.request_timeout),
         async move {
             let _ = stop.wait_for(|s| *s).await;
         },
+        options.header_read_timeout,
     );
     // After the HTTP requests have drained: let the sagas under way finish, then stop the
     // background work. Compensations still waiting for their services are reported.

@@ -442,3 +442,33 @@ async fn a_reservation_whose_answer_was_lost_is_released() {
     assert_consistent(&gw);
     gw.shutdown().await;
 }
+
+/// A client that sends its request head too slowly is cut off; one whose head is too large
+/// is answered 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_oversized_request_heads_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start().await;
+
+    let mut slow = tokio::net::TcpStream::connect(gw.gateway).await.unwrap();
+    slow.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The head never ends: the connection is closed after the header read timeout (500 ms
+    // in the test config).
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was closed in time");
+
+    let mut big = tokio::net::TcpStream::connect(gw.gateway).await.unwrap();
+    let head = format!(
+        "GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(gateway::MAX_HEAD_BYTES + 1024)
+    );
+    let _ = big.write_all(head.as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), big.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    gw.shutdown().await;
+}

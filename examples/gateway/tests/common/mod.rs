@@ -42,6 +42,7 @@ pub async fn start_scaled(scale: u64) -> Embedded {
         request_timeout: Duration::from_secs(8),
         compensation_retry: Duration::from_millis(100),
         stock_scale: scale,
+        header_read_timeout: Duration::from_millis(500),
     };
     start_embedded(&options).await.expect("gateway starts")
 }
