@@ -144,8 +144,12 @@ mod meter;
 pub mod response;
 pub mod retry;
 pub mod stack;
+mod sync;
 pub mod timeout;
 mod window;
+
+#[cfg(all(test, bulwark_loom))]
+mod loom_models;
 
 pub use crate::builder::ServiceBuilderExt;
 pub use crate::bulkhead::{Bulkhead, BulkheadLayer};

@@ -4,7 +4,7 @@
 //! Both windows are lock-free and O(1) per recorded call. No `Service` code here: they are
 //! tested without a runtime, with the time passed in.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// A recorded call, as the windows see it.

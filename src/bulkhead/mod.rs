@@ -83,11 +83,11 @@
 //! that semaphore's short internal (non-async) lock, as tower's `ConcurrencyLimit` does on
 //! every call. Only a call that has to wait allocates (one box for the wait).
 
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use std::fmt;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The breaker's shared state and its rules: admission, outcomes, transitions. No `Service`
 //! code here, so all of it is tested without a runtime, by passing the time in.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
