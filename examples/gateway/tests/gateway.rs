@@ -472,3 +472,66 @@ async fn slow_and_oversized_request_heads_are_refused() {
     assert!(text.starts_with("HTTP/1.1 431"), "{text}");
     gw.shutdown().await;
 }
+
+/// What a downstream failure looks like to a client: a reason, never the internal error text
+/// (addresses, library messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_error_text_is_not_passed_on() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    http.fault("payment", json!({ "down": true })).await;
+    http.fault("inventory", json!({ "down": true })).await;
+    let answers = [
+        http.order("kim", "sku-rope", 1).await,
+        http.send(Method::GET, "/api/catalog", None).await,
+        http.send(Method::GET, "/api/orders/ord-1", None).await,
+    ];
+    for a in answers {
+        let text = a.body.to_string();
+        for leak in ["127.0.0.1", "refused", "hyper", "tcp connect", "os error"] {
+            assert!(!text.to_lowercase().contains(leak), "`{leak}` in {text}");
+        }
+    }
+    gw.shutdown().await;
+}
+
+/// Any `Idempotency-Key` bytes: the payment service answers (a charge, or a 400 naming the
+/// header, or a 422 for a key reused with another charge), never panics, and an order is
+/// charged at most once.
+#[tokio::test]
+async fn any_idempotency_key_is_handled_safely() {
+    use tower::ServiceExt;
+    let payment = gateway::payment::Payment::default();
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for i in 0..300u32 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let len = (seed % 260) as usize;
+        let key: Vec<u8> = (0..len)
+            .map(|j| (seed.rotate_left(j as u32) & 0xFF) as u8)
+            .collect();
+        let Ok(value) = hyper::header::HeaderValue::from_bytes(&key) else {
+            continue;
+        };
+        let body = json!({ "order_id": format!("o-{i}"), "customer_id": "c", "amount_cents": 100 });
+        for _ in 0..2 {
+            let request = Request::post("/charges")
+                .header("idempotency-key", value.clone())
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            let response = payment.router().oneshot(request).await.unwrap();
+            let status = response.status();
+            assert!(
+                matches!(status.as_u16(), 200 | 201 | 400 | 422),
+                "key {key:?}: {status}"
+            );
+        }
+    }
+    // However many times a key was sent, one charge per order at most.
+    let charges = payment.charges();
+    let mut orders: Vec<_> = charges.iter().map(|c| c.order_id.clone()).collect();
+    orders.sort();
+    orders.dedup();
+    assert_eq!(orders.len(), charges.len());
+}
