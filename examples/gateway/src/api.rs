@@ -564,3 +564,57 @@ async fn clear_fault(
         Err(r) => r,
     }
 }
+
+/// `GET /bench/raw/catalog`: the catalog through a bare hyper-util client, with no bulwark
+/// layer, for the load script to compare with `GET /api/catalog` (the same work through the
+/// inventory's standard stack). Mounted only with `--bench-routes`.
+pub fn bench_router(inventory_base: &str) -> Router {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("{}/catalog", inventory_base.trim_end_matches('/'));
+    Router::new().route(
+        "/bench/raw/catalog",
+        get(move || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let request =
+                    match axum::http::Request::get(url.as_str()).body(Full::new(Bytes::new())) {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return json_error(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "bad_url",
+                                "bad inventory url",
+                            )
+                            .into_response()
+                        }
+                    };
+                let body = match client.request(request).await {
+                    Ok(response) => response.into_body().collect().await.map(|b| b.to_bytes()),
+                    Err(_) => {
+                        return json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "downstream_error",
+                            "inventory is unavailable",
+                        )
+                        .into_response()
+                    }
+                };
+                match body
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                {
+                    Some(products) => Json(json!({ "products": products })).into_response(),
+                    None => json_error(
+                        StatusCode::BAD_GATEWAY,
+                        "bad_answer",
+                        "inventory sent an unreadable catalog",
+                    )
+                    .into_response(),
+                }
+            }
+        }),
+    )
+}

@@ -291,6 +291,8 @@ pub struct Options {
     pub stock_scale: u64,
     /// How long a client may take to send a request's head.
     pub header_read_timeout: Duration,
+    /// Mount `GET /bench/raw/catalog` (the catalog with no bulwark layer) for load tests.
+    pub bench_routes: bool,
 }
 
 impl Default for Options {
@@ -302,6 +304,7 @@ impl Default for Options {
             compensation_retry: Duration::from_millis(500),
             stock_scale: 1,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            bench_routes: false,
         }
     }
 }
@@ -370,9 +373,13 @@ pub async fn start_gateway(
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);
+    let mut router = api::router(state.clone(), options.request_timeout);
+    if options.bench_routes {
+        router = router.merge(api::bench_router(state.downstreams.inventory.base()));
+    }
     let server = serve_with(
         listener,
-        api::router(state.clone(), options.request_timeout),
+        router,
         async move {
             let _ = stop.wait_for(|s| *s).await;
         },

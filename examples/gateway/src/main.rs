@@ -16,6 +16,7 @@ use gateway::{downstreams, start_embedded, start_gateway, GatewayConfig, Options
 
 const USAGE: &str = "usage:
   gateway [--listen ADDR] [--config FILE] [--order-url URL --payment-url URL --inventory-url URL]
+          [--bench-routes]
   gateway order|payment|inventory --listen ADDR
 
 Without downstream URLs, everything runs embedded (with fault controls under /admin/faults).
@@ -29,6 +30,7 @@ struct Args {
     order: Option<String>,
     payment: Option<String>,
     inventory: Option<String>,
+    bench_routes: bool,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -47,6 +49,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--order-url" => parsed.order = Some(value("--order-url")?),
             "--payment-url" => parsed.payment = Some(value("--payment-url")?),
             "--inventory-url" => parsed.inventory = Some(value("--inventory-url")?),
+            "--bench-routes" => parsed.bench_routes = true,
             "order" | "payment" | "inventory" if parsed.service.is_none() => {
                 parsed.service = Some(arg)
             }
@@ -127,6 +130,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     let options = Options {
         listen: listen("127.0.0.1:8080")?,
         config,
+        bench_routes: args.bench_routes,
         ..Options::default()
     };
 

@@ -23,6 +23,7 @@ async fn metrics_show_each_downstreams_stack_and_the_gateways_requests() {
         compensation_retry: Duration::from_secs(60),
         stock_scale: 1,
         header_read_timeout: Duration::from_millis(500),
+        bench_routes: false,
     };
     let gw = start_embedded(&options).await.unwrap();
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();

@@ -43,6 +43,7 @@ pub async fn start_scaled(scale: u64) -> Embedded {
         compensation_retry: Duration::from_millis(100),
         stock_scale: scale,
         header_read_timeout: Duration::from_millis(500),
+        bench_routes: false,
     };
     start_embedded(&options).await.expect("gateway starts")
 }
