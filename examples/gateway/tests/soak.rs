@@ -109,9 +109,10 @@ async fn client(
     }
 }
 
-/// One soak of `secs` seconds of faults with `clients` concurrent clients.
-async fn soak(secs: u64, clients: u64) {
-    let gw = start_scaled(1_000).await;
+/// One soak of `secs` seconds of faults with `clients` concurrent clients, the inventory's
+/// stock `scale` times the catalog's.
+async fn soak(secs: u64, clients: u64, scale: u64) {
+    let gw = start_scaled(scale).await;
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let known = Arc::new(Mutex::new(Vec::new()));
@@ -269,7 +270,7 @@ async fn soak(secs: u64, clients: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounded_soak() {
-    soak(20, 8).await;
+    soak(20, 8, 1_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,5 +280,5 @@ async fn long_soak() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    soak(secs, 16).await;
+    soak(secs, 16, 100_000).await;
 }

@@ -126,50 +126,55 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 /// The saga invariant: no reservation and no charge without a confirmed order, no
 /// confirmed order without both, nobody charged twice for an order.
 pub fn assert_consistent(gw: &Embedded) {
+    use std::collections::{HashMap, HashSet};
+    // Sets, so that a soak's hundreds of thousands of records check in linear time.
     let orders = gw.orders.orders();
-    let confirmed: Vec<_> = orders.iter().filter(|o| o.status == "confirmed").collect();
-    for r in gw.stock.reserved() {
+    let confirmed: HashSet<&str> = orders
+        .iter()
+        .filter(|o| o.status == "confirmed")
+        .map(|o| o.order_id.as_str())
+        .collect();
+    let reserved = gw.stock.reserved();
+    let reserved_orders: HashSet<&str> = reserved.iter().map(|r| r.order_id.as_str()).collect();
+    for r in &reserved {
         assert!(
-            confirmed.iter().any(|o| o.order_id == r.order_id),
+            confirmed.contains(r.order_id.as_str()),
             "reservation {} left behind",
             r.reservation_id
         );
     }
-    let captured: Vec<_> = gw
-        .payments
-        .charges()
-        .into_iter()
-        .filter(|c| c.status == "captured")
-        .collect();
-    for c in &captured {
+    let charges = gw.payments.charges();
+    let mut captured: HashMap<&str, u32> = HashMap::new();
+    for c in charges.iter().filter(|c| c.status == "captured") {
         assert!(
-            confirmed.iter().any(|o| o.order_id == c.order_id),
+            confirmed.contains(c.order_id.as_str()),
             "charge {} without a confirmed order",
             c.charge_id
         );
-        assert_eq!(
-            captured.iter().filter(|d| d.order_id == c.order_id).count(),
-            1,
-            "order {} charged twice",
-            c.order_id
-        );
+        *captured.entry(c.order_id.as_str()).or_default() += 1;
     }
-    for o in confirmed {
-        assert!(captured.iter().any(|c| c.order_id == o.order_id));
-        assert!(gw.stock.reserved().iter().any(|r| r.order_id == o.order_id));
+    for (order, n) in &captured {
+        assert_eq!(*n, 1, "order {order} charged twice");
+    }
+    for o in &confirmed {
+        assert!(
+            captured.contains_key(o),
+            "confirmed order {o} without a charge"
+        );
+        assert!(
+            reserved_orders.contains(o),
+            "confirmed order {o} without stock"
+        );
     }
     // Stock is conserved: what is available plus what is reserved is what there was.
     let initial = gateway::inventory::Inventory::catalog(gw.stock_scale);
+    let mut held: HashMap<&str, u64> = HashMap::new();
+    for item in reserved.iter().flat_map(|r| r.items.iter()) {
+        *held.entry(item.sku.as_str()).or_default() += item.qty;
+    }
     for p in gw.stock.products() {
-        let reserved: u64 = gw
-            .stock
-            .reserved()
-            .iter()
-            .flat_map(|r| r.items.iter())
-            .filter(|i| i.sku == p.sku)
-            .map(|i| i.qty)
-            .sum();
         let before = initial.iter().find(|i| i.sku == p.sku).unwrap().available;
+        let reserved = held.get(p.sku.as_str()).copied().unwrap_or(0);
         assert_eq!(p.available + reserved, before, "stock of {}", p.sku);
     }
     // Once no saga runs and no compensation waits, no order is left pending.
