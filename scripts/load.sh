@@ -29,6 +29,17 @@ cargo build --quiet --release -p gateway
 BIN=target/release/gateway
 
 CPUS=$(nproc)
+# Runs a command pinned to a CPU; `spawn` replaces its (background) shell with it, so that
+# `$!` is the server itself and the cleanup reaches it.
+spawn() {
+  local cpu=$1
+  shift
+  if [ "$CPUS" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+    exec taskset -c "$cpu" "$@"
+  else
+    exec "$@"
+  fi
+}
 pin() {
   local cpu=$1
   shift
@@ -52,22 +63,28 @@ GW=$BASE_PORT
 INV=$((BASE_PORT + 1))
 ORD=$((BASE_PORT + 2))
 PAY=$((BASE_PORT + 3))
-pin 0 "$BIN" inventory --listen "127.0.0.1:$INV" >"$WORK/inventory.log" 2>&1 & PIDS+=($!)
-pin 0 "$BIN" order --listen "127.0.0.1:$ORD" >"$WORK/order.log" 2>&1 & PIDS+=($!)
-pin 0 "$BIN" payment --listen "127.0.0.1:$PAY" >"$WORK/payment.log" 2>&1 & PIDS+=($!)
+spawn 0 "$BIN" inventory --listen "127.0.0.1:$INV" >"$WORK/inventory.log" 2>&1 & PIDS+=($!)
+spawn 0 "$BIN" order --listen "127.0.0.1:$ORD" >"$WORK/order.log" 2>&1 & PIDS+=($!)
+spawn 0 "$BIN" payment --listen "127.0.0.1:$PAY" >"$WORK/payment.log" 2>&1 & PIDS+=($!)
 # A bulkhead as wide as the load, so that the comparison is of the path, not of rejections.
 cat >"$WORK/gateway.toml" <<'EOF'
 [inventory]
 bulkhead = { max_concurrent = 1024 }
 EOF
-pin 0 "$BIN" --listen "127.0.0.1:$GW" --config "$WORK/gateway.toml" --bench-routes \
+spawn 0 "$BIN" --listen "127.0.0.1:$GW" --config "$WORK/gateway.toml" --bench-routes \
   --order-url "http://127.0.0.1:$ORD" --payment-url "http://127.0.0.1:$PAY" \
   --inventory-url "http://127.0.0.1:$INV" >"$WORK/gateway.log" 2>&1 & PIDS+=($!)
 
+ready=
 for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$GW/health/live" >/dev/null 2>&1 && break
+  if curl -sf "http://127.0.0.1:$GW/health/live" >/dev/null 2>&1; then ready=1; break; fi
   sleep 0.1
 done
+if [ -z "$ready" ]; then
+  echo "the gateway did not start; its log:" >&2
+  cat "$WORK/gateway.log" >&2
+  exit 1
+fi
 
 declare -A URL=(
   [direct]="http://127.0.0.1:$INV/catalog"
@@ -83,8 +100,8 @@ RESULTS="$WORK/results.tsv"
 for round in $(seq 1 "$ROUNDS"); do
   for t in direct raw stack; do
     out=$(pin 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${URL[$t]}")
-    if echo "$out" | grep -q "Non-2xx"; then
-      echo "$t: non-2xx answers:" >&2
+    if echo "$out" | grep -qE "Non-2xx|Socket errors"; then
+      echo "$t: errors or non-2xx answers:" >&2
       echo "$out" >&2
       exit 1
     fi

@@ -34,21 +34,29 @@ fn tripped(max_probes: u32) -> (Arc<Core>, Instant) {
     (core, now + Duration::from_secs(3600))
 }
 
-/// Two threads race for one probe slot: never two probes at once, and none left held.
+/// A half-open breaker with two probe slots, one already taken: two threads race for the last
+/// one. At most one of them gets it, and none is left held after.
 #[test]
 fn half_open_admits_at_most_its_probes() {
     loom::model(|| {
-        let (core, later) = tripped(1);
-        let probing = Arc::new(AtomicUsize::new(0));
+        let (core, later) = tripped(2);
+        // The first call after the break moves the breaker to HalfOpen and takes a slot.
+        let held = match core.admit(|| later) {
+            Decision::Admit(pass @ Pass::Probe(..)) => pass,
+            other => panic!("expected a probe, got {other:?}"),
+        };
+        let probes = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..2)
             .map(|_| {
-                let (core, probing) = (core.clone(), probing.clone());
+                let (core, probes) = (core.clone(), probes.clone());
                 loom::thread::spawn(move || match core.admit(|| later) {
                     Decision::Admit(pass @ Pass::Probe(..)) => {
-                        let at_once = probing.fetch_add(1, Ordering::SeqCst) + 1;
-                        assert!(at_once <= 1, "{at_once} probes at once");
-                        probing.fetch_sub(1, Ordering::SeqCst);
-                        core.complete(pass, Outcome::Success, None, Some(later));
+                        // With one probe held, only one more may be out at a time.
+                        let at_once = probes.fetch_add(1, Ordering::SeqCst) + 1;
+                        assert!(at_once <= 1, "{} probes out, the limit is 2", at_once + 1);
+                        assert!(core.probes_in_flight() <= 2, "over the probe limit");
+                        probes.fetch_sub(1, Ordering::SeqCst);
+                        core.abandon(pass);
                     }
                     Decision::Admit(pass) => {
                         core.complete(pass, Outcome::Success, None, Some(later))
@@ -60,39 +68,44 @@ fn half_open_admits_at_most_its_probes() {
         for t in threads {
             t.join().expect("no panic");
         }
-        assert_eq!(core.probes_in_flight(), 0, "a probe slot left held");
-        assert_ne!(
-            core.state(),
-            CircuitState::Open,
-            "the successful probe closed it"
-        );
+        assert_eq!(core.probes_in_flight(), 1, "only the held probe is left");
+        core.complete(held, Outcome::Success, None, Some(later));
+        assert_eq!(core.state(), CircuitState::Closed);
+        assert_eq!(core.probes_in_flight(), 0);
     });
 }
 
-/// A probe abandoned (its future dropped) gives its slot back, whatever the other thread does
-/// meanwhile.
+/// One thread abandons its probe while the other asks to be let in: the slot comes back, and
+/// once both are done a new call gets it.
 #[test]
 fn an_abandoned_probe_gives_its_slot_back() {
     loom::model(|| {
         let (core, later) = tripped(1);
-        let threads: Vec<_> = (0..2)
-            .map(|i| {
-                let core = core.clone();
-                loom::thread::spawn(move || {
-                    if let Decision::Admit(pass) = core.admit(|| later) {
-                        if i == 0 {
-                            core.abandon(pass);
-                        } else {
-                            core.complete(pass, Outcome::Failure, None, Some(later));
-                        }
-                    }
-                })
+        let held = match core.admit(|| later) {
+            Decision::Admit(pass @ Pass::Probe(..)) => pass,
+            other => panic!("expected a probe, got {other:?}"),
+        };
+        let abandoner = {
+            let core = core.clone();
+            loom::thread::spawn(move || core.abandon(held))
+        };
+        let asker = {
+            let core = core.clone();
+            loom::thread::spawn(move || match core.admit(|| later) {
+                Decision::Admit(pass) => {
+                    core.abandon(pass);
+                    true
+                }
+                Decision::Reject(_) => false,
             })
-            .collect();
-        for t in threads {
-            t.join().expect("no panic");
-        }
+        };
+        abandoner.join().expect("no panic");
+        let _admitted = asker.join().expect("no panic");
         assert_eq!(core.probes_in_flight(), 0, "a probe slot left held");
+        assert!(
+            matches!(core.admit(|| later), Decision::Admit(Pass::Probe(..))),
+            "the slot is free for the next call"
+        );
     });
 }
 

@@ -47,6 +47,8 @@ pub struct AppState {
     /// How long `POST /api/orders` waits for its saga before answering 202 (the saga goes
     /// on; `GET /api/sagas/{id}` follows it).
     pub saga_wait: Duration,
+    /// Whether `GET /bench/raw/catalog` is mounted (for the load script).
+    pub bench_routes: bool,
 }
 
 /// The gateway's router, with its inbound protection: a body limit, a per-request timeout,
@@ -68,6 +70,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             "/admin/faults/{service}",
             put(set_fault).delete(clear_fault).get(get_fault),
         );
+    }
+    if state.bench_routes {
+        api = api.merge(bench_router(state.downstreams.inventory.base()));
     }
     api.fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -567,8 +572,8 @@ async fn clear_fault(
 
 /// `GET /bench/raw/catalog`: the catalog through a bare hyper-util client, with no bulwark
 /// layer, for the load script to compare with `GET /api/catalog` (the same work through the
-/// inventory's standard stack). Mounted only with `--bench-routes`.
-pub fn bench_router(inventory_base: &str) -> Router {
+/// inventory's standard stack), behind the same middleware. Mounted only with `--bench-routes`.
+fn bench_router(inventory_base: &str) -> Router<AppState> {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;

@@ -369,14 +369,12 @@ pub async fn start_gateway(
         faults,
         metrics,
         saga_wait: options.request_timeout.mul_f64(0.9),
+        bench_routes: options.bench_routes,
     };
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-    let mut router = api::router(state.clone(), options.request_timeout);
-    if options.bench_routes {
-        router = router.merge(api::bench_router(state.downstreams.inventory.base()));
-    }
+    let router = api::router(state.clone(), options.request_timeout);
     let server = serve_with(
         listener,
         router,

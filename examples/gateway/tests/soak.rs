@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulwark::circuit_breaker::CircuitState;
-use common::{assert_consistent, eventually, start_scaled, Http};
+use common::{assert_consistent, eventually, start_with, Http, CONFIG};
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -24,6 +24,12 @@ use tokio::time::Instant;
 /// Longest a request may take: the gateway's request timeout (8 s in the test config) and a
 /// margin for the test client.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Each downstream's bulkhead, narrow enough that the clients fill it.
+const CAP: usize = 4;
+
+/// Panics anywhere in the process (a handler, a background task), counted by a hook.
+static PANICS: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Default)]
 struct Tally {
@@ -87,8 +93,17 @@ async fn client(
             } else {
                 format!("soak-{id}")
             };
-            let a = http.order(&customer, sku, 1 + rng.next() % 2).await;
-            if let Some(order) = a.body["order_id"].as_str() {
+            let qty = 1 + rng.next() % 2;
+            let body = json!({ "customer_id": customer, "items": [{ "sku": sku, "qty": qty }] });
+            let a = http
+                .try_send(
+                    Method::POST,
+                    "/api/orders",
+                    Some(body.to_string()),
+                    ANSWER_WITHIN,
+                )
+                .await;
+            if let Some(order) = a.as_ref().ok().and_then(|a| a.body["order_id"].as_str()) {
                 known.lock().unwrap().push(order.to_owned());
             }
             ("order", a)
@@ -98,21 +113,37 @@ async fn client(
                 (!known.is_empty()).then(|| known[(rng.next() as usize) % known.len()].clone())
             };
             let path = format!("/api/orders/{}", pick.unwrap_or_else(|| "ord-0".into()));
-            ("read", http.send(Method::GET, &path, None).await)
+            let a = http.try_send(Method::GET, &path, None, ANSWER_WITHIN).await;
+            ("read", a)
         } else {
-            (
-                "catalog",
-                http.send(Method::GET, "/api/catalog", None).await,
-            )
+            let a = http
+                .try_send(Method::GET, "/api/catalog", None, ANSWER_WITHIN)
+                .await;
+            ("catalog", a)
         };
-        tally.record(what, answer.status, &answer.body, started.elapsed());
+        match answer {
+            Ok(a) => tally.record(what, a.status, &a.body, started.elapsed()),
+            Err(why) => tally
+                .problems
+                .lock()
+                .unwrap()
+                .push(format!("{what}: no answer: {why}")),
+        }
     }
 }
 
 /// One soak of `secs` seconds of faults with `clients` concurrent clients, the inventory's
 /// stock `scale` times the catalog's.
 async fn soak(secs: u64, clients: u64, scale: u64) {
-    let gw = start_scaled(scale).await;
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+        default_hook(info);
+    }));
+    let config = format!(
+        "{CONFIG}\n[payment.bulkhead]\nmax_concurrent = {CAP}\n\n[inventory.bulkhead]\nmax_concurrent = {CAP}\n\n[order.bulkhead]\nmax_concurrent = {CAP}\n"
+    );
+    let gw = start_with(&config, scale).await;
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let known = Arc::new(Mutex::new(Vec::new()));
@@ -193,22 +224,29 @@ async fn soak(secs: u64, clients: u64, scale: u64) {
     }
     watcher.await.unwrap();
 
-    // Recovery: the breaks end, probes close the breakers, the waiting compensations run.
-    let sagas = gw.state.sagas.clone();
-    eventually("every deferred compensation ran", || sagas.pending() == 0).await;
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        admin.send(Method::GET, "/api/catalog", None).await;
-        admin.order("soak-final", "sku-rope", 1).await;
-    }
+    // Recovery: calls probe the breakers until every one has closed again.
     let ds = gw.state.downstreams.clone();
-    eventually("every breaker closed again", || {
+    let all_closed = || {
         ds.all()
             .iter()
             .all(|d| d.handle().circuit_breaker().map(|b| b.state()) == Some(CircuitState::Closed))
+    };
+    let recovery = Instant::now();
+    while !all_closed() {
+        assert!(
+            recovery.elapsed() < Duration::from_secs(60),
+            "breakers still not closed a minute after recovery"
+        );
+        admin.send(Method::GET, "/api/catalog", None).await;
+        admin.order("soak-final", "sku-rope", 1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then the sagas finish and the deferred compensations run.
+    let sagas = gw.state.sagas.clone();
+    eventually("no saga runs and no compensation waits", || {
+        sagas.running() == 0 && sagas.pending() == 0
     })
     .await;
-    eventually("no saga runs", || sagas.running() == 0).await;
 
     // The figures.
     let (deferred, completed) = gw.state.sagas.deferred_counts();
@@ -234,12 +272,23 @@ async fn soak(secs: u64, clients: u64, scale: u64) {
             c.rejections,
             h.retry().unwrap().retries(),
         );
+        assert_eq!(b.max_concurrent(), CAP);
         assert!(
-            b.peak_in_flight() <= b.max_concurrent(),
+            b.peak_in_flight() <= CAP,
             "{}: bulkhead above its cap",
             d.name()
         );
     }
+    // The caps were reached, so the check above is not vacuous.
+    assert!(
+        gw.state
+            .downstreams
+            .all()
+            .iter()
+            .any(|d| d.handle().bulkhead().unwrap().peak_in_flight() == CAP),
+        "no bulkhead was ever full"
+    );
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked");
 
     // The checks.
     let problems = tally.problems.lock().unwrap().clone();

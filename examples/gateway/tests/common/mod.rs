@@ -35,7 +35,12 @@ pub async fn start() -> Embedded {
 
 /// An embedded gateway whose stock is `scale` times the catalog's.
 pub async fn start_scaled(scale: u64) -> Embedded {
-    let config: GatewayConfig = toml::from_str(CONFIG).expect("test config");
+    start_with(CONFIG, scale).await
+}
+
+/// An embedded gateway with `config` (TOML) and stock `scale` times the catalog's.
+pub async fn start_with(config: &str, scale: u64) -> Embedded {
+    let config: GatewayConfig = toml::from_str(config).expect("test config");
     let options = Options {
         listen: "127.0.0.1:0".parse().unwrap(),
         config,
@@ -65,6 +70,40 @@ impl Http {
             client: Client::builder(TokioExecutor::new()).build_http(),
             base: format!("http://{}", gw.gateway),
         }
+    }
+
+    /// As [`send`](Self::send), with a failure to get an answer (in time) as an error.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        within: Duration,
+    ) -> Result<Answer, String> {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(within, self.client.request(request))
+            .await
+            .map_err(|_| format!("no answer within {within:?}"))?
+            .map_err(|e| format!("transport error: {e}"))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = tokio::time::timeout(within, response.into_body().collect())
+            .await
+            .map_err(|_| "body not read in time".to_owned())?
+            .map_err(|e| format!("body error: {e}"))?
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 
     pub async fn send(&self, method: Method, path: &str, body: Option<String>) -> Answer {
