@@ -173,6 +173,8 @@ pub struct Sagas {
     nonce: String,
     next: AtomicU64,
     running: AtomicUsize,
+    /// Waiting compensations taken out of `pending` by a retry pass and not yet settled.
+    retrying: AtomicUsize,
     deferred: AtomicU64,
     completed_later: AtomicU64,
 }
@@ -193,6 +195,7 @@ impl Default for Sagas {
             nonce: format!("{:012x}", x & 0xFFFF_FFFF_FFFF),
             next: AtomicU64::new(0),
             running: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
             deferred: AtomicU64::new(0),
             completed_later: AtomicU64::new(0),
         }
@@ -335,9 +338,10 @@ impl Sagas {
         )
     }
 
-    /// Compensations still waiting.
+    /// Compensations still waiting, those a retry pass is running included.
     pub fn pending(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let queued = self.pending.lock().unwrap_or_else(|e| e.into_inner()).len();
+        queued + self.retrying.load(Ordering::SeqCst)
     }
 
     /// Sagas under way.
@@ -741,7 +745,12 @@ impl Sagas {
 
     /// One pass over the waiting compensations.
     pub async fn retry_deferred(&self, ds: &Downstreams) {
-        let waiting = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let waiting = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            // Counted as retrying before they leave the queue: never seen as none waiting.
+            self.retrying.fetch_add(pending.len(), Ordering::SeqCst);
+            std::mem::take(&mut *pending)
+        };
         let mut queue: VecDeque<Pending> = waiting.into();
         while let Some(item) = queue.pop_front() {
             let name = item.compensation.name();
@@ -753,12 +762,14 @@ impl Sagas {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push(item);
+                    self.retrying.fetch_sub(1, Ordering::SeqCst);
                     continue;
                 }
                 Compensated::Done => ("done", "completed after its service came back".to_owned()),
                 Compensated::Then(next) => {
                     self.deferred
                         .fetch_add(next.len() as u64, Ordering::Relaxed);
+                    self.retrying.fetch_add(next.len(), Ordering::SeqCst);
                     for compensation in next {
                         queue.push_back(Pending {
                             saga_id: item.saga_id.clone(),
@@ -788,6 +799,7 @@ impl Sagas {
                     s.settle();
                 }
             });
+            self.retrying.fetch_sub(1, Ordering::SeqCst);
         }
     }
 

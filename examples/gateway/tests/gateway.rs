@@ -535,3 +535,42 @@ async fn any_idempotency_key_is_handled_safely() {
     orders.dedup();
     assert_eq!(orders.len(), charges.len());
 }
+
+/// A deferred compensation that a retry pass is running still counts as waiting: `pending`
+/// (and readiness) never say "none" while its effect is not done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compensation_being_retried_still_counts_as_waiting() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    http.fault("payment", json!({ "latency_ms": 600 })).await;
+    let order = tokio::spawn({
+        let http = Http::new(&gw);
+        async move { http.order("declined-lee", "sku-lamp", 1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    http.fault("inventory", json!({ "down": true })).await;
+    let a = order.await.unwrap();
+    assert_eq!(a.body["saga_state"], "compensating", "{}", a.body);
+    // Back, but slow: the release takes 700 ms inside a retry pass.
+    http.fault("inventory", json!({ "latency_ms": 700 })).await;
+    let sagas = gw.state.sagas.clone();
+    let started = tokio::time::Instant::now();
+    loop {
+        let pending = sagas.pending();
+        let reserved = gw.stock.reserved().len();
+        if pending == 0 {
+            assert_eq!(
+                reserved, 0,
+                "no compensation said to wait, yet the stock is held"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_consistent(&gw);
+    gw.shutdown().await;
+}

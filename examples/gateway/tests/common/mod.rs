@@ -152,8 +152,14 @@ impl Http {
 }
 
 /// Waits, up to 10 s, for `check` to hold.
-pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
+pub async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(10), check).await;
+}
+
+/// Waits, up to `limit`, for `check` to hold.
+pub async fn eventually_within(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let polls = (limit.as_millis() / 50).max(1);
+    for _ in 0..polls {
         if check() {
             return;
         }
