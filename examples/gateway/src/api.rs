@@ -47,8 +47,9 @@ pub struct AppState {
     /// How long `POST /api/orders` waits for its saga before answering 202 (the saga goes
     /// on; `GET /api/sagas/{id}` follows it).
     pub saga_wait: Duration,
-    /// Whether `GET /bench/raw/catalog` is mounted (for the load script).
-    pub bench_routes: bool,
+    /// The inventory client with no bulwark layer behind `GET /bench/raw/catalog` (for the
+    /// load script), when mounted.
+    pub bench_inventory: Option<crate::client::Downstream>,
 }
 
 /// The gateway's router, with its inbound protection: a body limit, a per-request timeout,
@@ -71,8 +72,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             put(set_fault).delete(clear_fault).get(get_fault),
         );
     }
-    if state.bench_routes {
-        api = api.merge(bench_router(state.downstreams.inventory.base()));
+    if state.bench_inventory.is_some() {
+        api = api.route("/bench/raw/catalog", get(bench_catalog));
     }
     api.fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -260,10 +261,22 @@ fn unavailable(u: &Unavailable) -> Response {
 }
 
 async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let inventory = &state.downstreams.inventory;
+    catalog_via(&state.downstreams.inventory, &headers).await
+}
+
+/// `GET /bench/raw/catalog`: the same work as `GET /api/catalog`, through the same client
+/// code with no bulwark layer, for the load script's comparison.
+async fn bench_catalog(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match &state.bench_inventory {
+        Some(inventory) => catalog_via(inventory, &headers).await,
+        None => json_error(StatusCode::NOT_FOUND, "not_found", "no such route").into_response(),
+    }
+}
+
+async fn catalog_via(inventory: &crate::client::Downstream, headers: &HeaderMap) -> Response {
     match inventory
         .call(
-            &context(&headers),
+            &context(headers),
             Method::GET,
             "/catalog",
             None::<&()>,
@@ -568,58 +581,4 @@ async fn clear_fault(
         }
         Err(r) => r,
     }
-}
-
-/// `GET /bench/raw/catalog`: the catalog through a bare hyper-util client, with no bulwark
-/// layer, for the load script to compare with `GET /api/catalog` (the same work through the
-/// inventory's standard stack), behind the same middleware. Mounted only with `--bench-routes`.
-fn bench_router(inventory_base: &str) -> Router<AppState> {
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let url = format!("{}/catalog", inventory_base.trim_end_matches('/'));
-    Router::new().route(
-        "/bench/raw/catalog",
-        get(move || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                let request =
-                    match axum::http::Request::get(url.as_str()).body(Full::new(Bytes::new())) {
-                        Ok(r) => r,
-                        Err(_) => {
-                            return json_error(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "bad_url",
-                                "bad inventory url",
-                            )
-                            .into_response()
-                        }
-                    };
-                let body = match client.request(request).await {
-                    Ok(response) => response.into_body().collect().await.map(|b| b.to_bytes()),
-                    Err(_) => {
-                        return json_error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "downstream_error",
-                            "inventory is unavailable",
-                        )
-                        .into_response()
-                    }
-                };
-                match body
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                {
-                    Some(products) => Json(json!({ "products": products })).into_response(),
-                    None => json_error(
-                        StatusCode::BAD_GATEWAY,
-                        "bad_answer",
-                        "inventory sent an unreadable catalog",
-                    )
-                    .into_response(),
-                }
-            }
-        }),
-    )
 }

@@ -79,25 +79,43 @@ impl Downstream {
     pub fn new(name: &'static str, base: &str, stack: HttpStackLayer) -> Self {
         let handle = stack.handle();
         let description = format!("{stack:?}");
-        let client: Client<_, ReplayBody<Full<Bytes>>> = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build_http();
-        // Read the whole body inside the stack, so the attempt timeout covers it and a retry
-        // sees the complete answer.
-        let inner = client.map_err(BoxError::from).and_then(
-            |response: Response<hyper::body::Incoming>| async move {
-                let (parts, body) = response.into_parts();
-                let body = body.collect().await?.to_bytes();
-                Ok::<_, BoxError>(Response::from_parts(parts, body))
-            },
-        );
-        let svc = ServiceBuilder::new().layer(stack).service(inner);
+        let svc = ServiceBuilder::new().layer(stack).service(reading(
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build_http::<ReplayBody<Full<Bytes>>>(),
+        ));
         Downstream {
             name,
             base: base.trim_end_matches('/').to_owned(),
             svc: BoxCloneSyncService::new(svc),
             handle,
             description,
+        }
+    }
+
+    /// The same client with no bulwark layer at all, for the load script's comparison: the
+    /// same request building, boxing and body reading, without the stack.
+    pub fn bare(name: &'static str, base: &str) -> Self {
+        let handle = bulwark::stack::StackLayer::builder(name)
+            .no_bulkhead()
+            .no_total_timeout()
+            .no_retry()
+            .no_circuit_breaker()
+            .no_attempt_timeout()
+            .build()
+            .map(|stack| stack.handle())
+            .expect("a stack with every stage off is valid");
+        let svc = reading(
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build_http::<Full<Bytes>>(),
+        );
+        Downstream {
+            name,
+            base: base.trim_end_matches('/').to_owned(),
+            svc: BoxCloneSyncService::new(svc),
+            handle,
+            description: "no layers".into(),
         }
     }
 
@@ -163,4 +181,31 @@ impl Downstream {
             Err(error) => Err(unavailable(error)),
         }
     }
+}
+
+/// hyper-util's client, reading each answer's whole body (inside the stack when there is one,
+/// so the attempt timeout covers it and a retry sees the complete answer).
+fn reading<B>(
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, B>,
+) -> impl tower::Service<
+    Request<B>,
+    Response = Response<Bytes>,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<Response<Bytes>, BoxError>> + Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    client.map_err(BoxError::from).and_then(
+        |response: Response<hyper::body::Incoming>| async move {
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, BoxError>(Response::from_parts(parts, body))
+        },
+    )
 }

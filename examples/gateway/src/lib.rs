@@ -363,13 +363,16 @@ pub async fn start_gateway(
             }
         }
     });
+    let inventory_base = downstreams.inventory.base().to_owned();
     let state = api::AppState {
         downstreams,
         sagas: sagas.clone(),
         faults,
         metrics,
         saga_wait: options.request_timeout.mul_f64(0.9),
-        bench_routes: options.bench_routes,
+        bench_inventory: options
+            .bench_routes
+            .then(|| client::Downstream::bare("inventory-bare", &inventory_base)),
     };
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
