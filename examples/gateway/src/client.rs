@@ -17,6 +17,10 @@ use serde::Serialize;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
+/// How long an idle pooled connection is kept: less than the services' header read timeout,
+/// after which they close idle connections, so that the pool does not reuse one being closed.
+const POOL_IDLE: Duration = Duration::from_secs(5);
+
 /// The headers a gateway request passes on to every downstream call it makes.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
@@ -81,7 +85,7 @@ impl Downstream {
         let description = format!("{stack:?}");
         let svc = ServiceBuilder::new().layer(stack).service(reading(
             Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_idle_timeout(POOL_IDLE)
                 .build_http::<ReplayBody<Full<Bytes>>>(),
         ));
         Downstream {
@@ -107,7 +111,7 @@ impl Downstream {
             .expect("a stack with every stage off is valid");
         let svc = reading(
             Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_idle_timeout(POOL_IDLE)
                 .build_http::<Full<Bytes>>(),
         );
         Downstream {

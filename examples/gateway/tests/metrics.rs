@@ -22,11 +22,13 @@ async fn metrics_show_each_downstreams_stack_and_the_gateways_requests() {
         request_timeout: Duration::from_secs(8),
         compensation_retry: Duration::from_secs(60),
         stock_scale: 1,
-        header_read_timeout: Duration::from_millis(500),
+        header_read_timeout: Duration::from_secs(2),
         bench_routes: false,
     };
     let gw = start_embedded(&options).await.unwrap();
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(1))
+        .build_http();
     let base = format!("http://{}", gw.gateway);
     let send = |method: Method, path: &str, body: &str| {
         let request = Request::builder()

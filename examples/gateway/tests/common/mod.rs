@@ -47,7 +47,7 @@ pub async fn start_with(config: &str, scale: u64) -> Embedded {
         request_timeout: Duration::from_secs(8),
         compensation_retry: Duration::from_millis(100),
         stock_scale: scale,
-        header_read_timeout: Duration::from_millis(500),
+        header_read_timeout: Duration::from_secs(2),
         bench_routes: false,
     };
     start_embedded(&options).await.expect("gateway starts")
@@ -67,7 +67,9 @@ pub struct Answer {
 impl Http {
     pub fn new(gw: &Embedded) -> Self {
         Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(1))
+                .build_http(),
             base: format!("http://{}", gw.gateway),
         }
     }
