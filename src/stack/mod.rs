@@ -5,6 +5,11 @@
 //! attempt timeout → inner service**. Each stage can be tuned or switched off; a stage that
 //! is off costs one branch per call.
 //!
+//! The stages are one service, [`StackService`], with one response future: they behave as the
+//! layers composed in that order (and share the layers' state, decisions and events), but a
+//! call takes one reference count, reads the clock at most once, and arms at most one timer
+//! (only if the attempt is not ready at once) for the earlier of its two deadlines.
+//!
 //! ```
 //! use std::time::Duration;
 //! use bulwark::circuit_breaker::CircuitState;
