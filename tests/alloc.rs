@@ -201,7 +201,7 @@ fn retry_success_path_allocates_nothing() {
 
 #[test]
 fn the_standard_stack_success_path_allocates_nothing() {
-    // Every stage on, with the defaults (a breaker time window, a retry budget).
+    // Every stage on, with the defaults (a breaker count window, a retry budget).
     let stack = StackLayer::builder("alloc").build().unwrap();
     assert_allocates_nothing(&stack);
     let handle = stack.handle();

@@ -1,4 +1,4 @@
-//! The four layers composed in the order DESIGN.md gives, outer to inner: bulkhead, total
+//! The four layers composed in the standard order, outer to inner: bulkhead, total
 //! timeout, retry (with budget), circuit breaker, attempt timeout. Errors become responses
 //! through `response::error_response`. Paused clock throughout.
 

@@ -3,12 +3,14 @@
 //!
 //! Outer to inner: **bulkhead → total timeout → retry (with budget) → circuit breaker →
 //! attempt timeout → inner service**. Each stage can be tuned or switched off; a stage that
-//! is off costs one branch per call.
+//! is off costs a few branches per call.
 //!
 //! The stages are one service, [`StackService`], with one response future: they behave as the
 //! layers composed in that order (and share the layers' state, decisions and events), but a
-//! call takes one reference count, reads the clock at most once, and arms at most one timer
-//! (only if the attempt is not ready at once) for the earlier of its two deadlines.
+//! call that succeeds at once takes one reference count, reads the clock once (for the retry
+//! budget; twice with a timed breaker rule), and arms no timer; one timer serves the attempt
+//! and total deadlines, and the waits between attempts. With retries on, each call keeps a
+//! clone of the inner service and a copy of the request, as tower's `Retry` does.
 //!
 //! ```
 //! use std::time::Duration;
@@ -60,11 +62,13 @@
 //! # Defaults
 //!
 //! For an HTTP-like client: a bulkhead of 100 calls (reject at once when full); a total
-//! timeout of 30 s; 3 attempts with backoff from 200 ms doubling to 5 s, decorrelated jitter,
+//! timeout of 30 s; 3 attempts with backoff from 200 ms to at most 5 s, decorrelated jitter
+//! (each wait drawn between 200 ms and three times the previous one),
 //! and the default retry budget (with a 10 s attempt timeout, a third slow attempt is cut by
 //! the 30 s total: the caller gets a 504); a breaker tripping on 5 consecutive failures or on half of
 //! the last 100 calls (once 20 were seen), open 30 s; an attempt timeout of 10 s. (A count
-//! window, not a time window, by default: it needs no clock read per call.) Every
+//! window, not a time window, by default: the breaker then needs no clock read per call; the
+//! retry budget reads it once.) Every
 //! stage is named after the stack, so events and errors say which downstream they are about.
 //!
 //! # Validation

@@ -2,9 +2,10 @@
 //!
 //! Composed layer by layer, the stack would nest five response futures, move each of them
 //! through the one above it, read the clock once per timeout, and take a reference count per
-//! stage. Fused, a call takes one reference count, reads the clock at most once (and not at
-//! all when nothing needs it), and keeps one timer, armed only if the attempt is not ready at
-//! once, for whichever of the total and attempt deadlines comes first. The behaviour is the
+//! stage. Fused, a call that succeeds at once takes one reference count, reads the clock once
+//! (only if the budget, the retry deadline or a timed breaker rule needs it), and arms no
+//! timer; one timer serves the attempt and total deadlines, and the waits between attempts.
+//! The behaviour is the
 //! composition's, stage for stage: the shared state, the decisions and the events are the
 //! layers' own.
 

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! gateway [--listen ADDR] [--config FILE] [--order-url URL --payment-url URL --inventory-url URL]
+//!         [--bench-routes]
 //! gateway order|payment|inventory --listen ADDR
 //! ```
 //!
