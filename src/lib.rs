@@ -159,6 +159,6 @@ pub use crate::retry::{Retry, RetryLayer};
 pub use crate::timeout::{Timeout, TimeoutLayer};
 
 /// Compiles and runs the Rust snippets of the README, so it stays true to the code.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "http"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -1,6 +1,7 @@
 //! The four layers composed in the standard order, outer to inner: bulkhead, total
 //! timeout, retry (with budget), circuit breaker, attempt timeout. Errors become responses
 //! through `response::error_response`. Paused clock throughout.
+#![cfg(feature = "http")]
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -55,36 +55,7 @@
 //! with an `Idempotency-Key` or when the request provably never left; and keeps bodies of up
 //! to 64 KiB for replay ([`ReplayBody`]), sending larger or streaming ones once.
 //!
-//! ```
-//! use std::time::Duration;
-//! use bulwark::retry::{Attempts, ReplayBody};
-//! use bulwark::{BoxError, RetryLayer};
-//! use http::{Request, Response, StatusCode};
-//! use http_body_util::Full;
-//! use tower::{service_fn, Layer, ServiceExt};
-//! # use bytes::Bytes;
-//!
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() -> Result<(), BoxError> {
-//! let retry = RetryLayer::http("payments")
-//!     .max_attempts(3)
-//!     .retry_after_cap(Duration::from_secs(10))
-//!     .build_http()?;
-//!
-//! // The inner service (a hyper-util client, say) receives `Request<ReplayBody<B>>`.
-//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-//! let client = retry.layer(service_fn(move |_req: Request<ReplayBody<Full<Bytes>>>| {
-//!     let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
-//!     let status = if first { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-//!     async move { Ok::<_, BoxError>(Response::builder().status(status).body(())?) }
-//! }));
-//!
-//! let response = client.oneshot(Request::get("http://inventory/stock").body(Full::new(Bytes::new()))?).await?;
-//! assert_eq!(response.status(), StatusCode::OK);
-//! assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
-//! # Ok(())
-//! # }
-//! ```
+//! [`RetryLayer::http`] has an example.
 //!
 //! # Readiness
 //!

@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+#[cfg(feature = "http")]
 mod http;
 
 use std::future::Future;
