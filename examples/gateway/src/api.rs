@@ -512,19 +512,23 @@ fn service_faults<'a>(
         })
 }
 
+/// The faults a fault-control request addresses: loopback only, a known service.
+fn addressed<'a>(
+    state: &'a AppState,
+    peer: &SocketAddr,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<&'a Arc<crate::faults::Faults>, Response> {
+    loopback_only(peer)?;
+    let service = path_or_error(path)?;
+    service_faults(state, &service)
+}
+
 async fn get_fault(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    if let Err(r) = loopback_only(&peer) {
-        return r;
-    }
-    let service = match path_or_error(path) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match service_faults(&state, &service) {
+    match addressed(&state, &peer, path) {
         Ok(f) => Json(f.get()).into_response(),
         Err(r) => r,
     }
@@ -536,30 +540,21 @@ async fn set_fault(
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = loopback_only(&peer) {
-        return r;
+    let parsed = addressed(&state, &peer, path).and_then(|faults| {
+        let body = body_or_error(body)?;
+        let settings: FaultSettings = json_body(&body)?;
+        settings.validate().map_err(|problem| {
+            json_error(StatusCode::BAD_REQUEST, "invalid_field", &problem).into_response()
+        })?;
+        Ok((faults, settings))
+    });
+    match parsed {
+        Ok((faults, settings)) => {
+            faults.set(settings);
+            Json(faults.get()).into_response()
+        }
+        Err(r) => r,
     }
-    let service = match path_or_error(path) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let faults = match service_faults(&state, &service) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let body = match body_or_error(body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let settings: FaultSettings = match json_body(&body) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    if let Err(problem) = settings.validate() {
-        return json_error(StatusCode::BAD_REQUEST, "invalid_field", &problem).into_response();
-    }
-    faults.set(settings);
-    Json(faults.get()).into_response()
 }
 
 async fn clear_fault(
@@ -567,14 +562,7 @@ async fn clear_fault(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    if let Err(r) = loopback_only(&peer) {
-        return r;
-    }
-    let service = match path_or_error(path) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match service_faults(&state, &service) {
+    match addressed(&state, &peer, path) {
         Ok(f) => {
             f.set(FaultSettings::default());
             Json(f.get()).into_response()
