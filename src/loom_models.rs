@@ -12,7 +12,7 @@ use loom::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
 
 use crate::bulkhead::Shared as Bulkhead;
-use crate::circuit_breaker::{CircuitBreakerLayer, CircuitState, Core, Decision, Pass};
+use crate::circuit_breaker::{CircuitBreakerLayer, CircuitState, Core, Decision};
 use crate::classify::Outcome;
 
 /// A breaker tripped by one failure, whose break is over at `later`.
@@ -42,7 +42,7 @@ fn half_open_admits_at_most_its_probes() {
         let (core, later) = tripped(2);
         // The first call after the break moves the breaker to HalfOpen and takes a slot.
         let held = match core.admit(|| later) {
-            Decision::Admit(pass @ Pass::Probe(..)) => pass,
+            Decision::Admit(pass) if pass.is_probe() => pass,
             other => panic!("expected a probe, got {other:?}"),
         };
         let probes = Arc::new(AtomicUsize::new(0));
@@ -50,7 +50,7 @@ fn half_open_admits_at_most_its_probes() {
             .map(|_| {
                 let (core, probes) = (core.clone(), probes.clone());
                 loom::thread::spawn(move || match core.admit(|| later) {
-                    Decision::Admit(pass @ Pass::Probe(..)) => {
+                    Decision::Admit(pass) if pass.is_probe() => {
                         // With one probe held, only one more may be out at a time.
                         let at_once = probes.fetch_add(1, Ordering::SeqCst) + 1;
                         assert!(at_once <= 1, "{} probes out, the limit is 2", at_once + 1);
@@ -82,7 +82,7 @@ fn an_abandoned_probe_gives_its_slot_back() {
     loom::model(|| {
         let (core, later) = tripped(1);
         let held = match core.admit(|| later) {
-            Decision::Admit(pass @ Pass::Probe(..)) => pass,
+            Decision::Admit(pass) if pass.is_probe() => pass,
             other => panic!("expected a probe, got {other:?}"),
         };
         let abandoner = {
@@ -103,7 +103,7 @@ fn an_abandoned_probe_gives_its_slot_back() {
         let _admitted = asker.join().expect("no panic");
         assert_eq!(core.probes_in_flight(), 0, "a probe slot left held");
         assert!(
-            matches!(core.admit(|| later), Decision::Admit(Pass::Probe(..))),
+            matches!(core.admit(|| later), Decision::Admit(pass) if pass.is_probe()),
             "the slot is free for the next call"
         );
     });

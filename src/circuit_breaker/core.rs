@@ -2,6 +2,7 @@
 //! code here, so all of it is tested without a runtime, by passing the time in.
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,16 +43,75 @@ impl Reason {
 }
 
 /// What an admitted call is, for its outcome to be recorded against the right state.
+///
+/// Packed in one non-zero word, so that a service keeps its admission (`Option<Pass>`) in
+/// eight bytes, moved with one load and one store: bits 0-1 the kind, 2-22 the generation,
+/// 32-63 a probe's epoch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pass(NonZeroU64);
+
+/// A [`Pass`] unpacked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pass {
+pub(crate) enum PassKind {
     /// Admitted while Closed, in this generation.
     Closed(u32),
-    /// A HalfOpen probe, holding one of the generation's probe slots. Also carries the
-    /// transition count at admission: the generation in the state word wraps (at 2^21), and a
-    /// probe that outlived a whole wrap must not give back a slot of an unrelated period.
-    Probe(u32, u64),
+    /// A HalfOpen probe, holding one of the generation's probe slots. Also carries the low 32
+    /// bits of the transition count at admission: the generation in the state word wraps (at
+    /// 2^21), and a probe that outlived a whole wrap must not give back a slot of an unrelated
+    /// period.
+    Probe(u32, u32),
     /// Admitted while ForcedClosed or Disabled: counted, never moves the state.
     Bypass,
+}
+
+impl Pass {
+    const CLOSED: u64 = 1;
+    const PROBE: u64 = 2;
+    const BYPASS: u64 = 3;
+
+    fn pack(kind: u64, generation: u32, epoch: u32) -> Self {
+        let generation = u64::from(generation) & (super::state::GENERATIONS - 1);
+        let raw = kind | generation << 2 | u64::from(epoch) << 32;
+        // `kind` is never zero, so neither is `raw`.
+        Pass(NonZeroU64::new(raw).unwrap_or(NonZeroU64::MIN))
+    }
+
+    #[inline]
+    pub(crate) fn closed(generation: u32) -> Self {
+        Pass::pack(Pass::CLOSED, generation, 0)
+    }
+
+    /// A probe admitted in `generation` when the transition count was `epoch` (its low 32
+    /// bits are kept: a probe would have to outlive 2^32 transitions to be misjudged).
+    pub(crate) fn probe(generation: u32, epoch: u64) -> Self {
+        Pass::pack(Pass::PROBE, generation, epoch as u32)
+    }
+
+    pub(crate) fn bypass() -> Self {
+        Pass::pack(Pass::BYPASS, 0, 0)
+    }
+
+    #[inline]
+    pub(crate) fn kind(self) -> PassKind {
+        let raw = self.0.get();
+        let generation = ((raw >> 2) & (super::state::GENERATIONS - 1)) as u32;
+        match raw & 3 {
+            Pass::CLOSED => PassKind::Closed(generation),
+            Pass::PROBE => PassKind::Probe(generation, (raw >> 32) as u32),
+            _ => PassKind::Bypass,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_probe(self) -> bool {
+        matches!(self.kind(), PassKind::Probe(..))
+    }
+}
+
+impl std::fmt::Debug for Pass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.kind().fmt(f)
+    }
 }
 
 /// The decision on one call.
@@ -164,7 +224,7 @@ impl Core {
     pub(crate) fn admit(&self, now: impl FnOnce() -> Instant) -> Decision {
         let word = self.load();
         if word.state() == CircuitState::Closed {
-            return Decision::Admit(Pass::Closed(word.generation()));
+            return Decision::Admit(Pass::closed(word.generation()));
         }
         self.admit_slow(word, now)
     }
@@ -176,9 +236,9 @@ impl Core {
         let mut now_value = None;
         loop {
             match word.state() {
-                CircuitState::Closed => return Decision::Admit(Pass::Closed(word.generation())),
+                CircuitState::Closed => return Decision::Admit(Pass::closed(word.generation())),
                 CircuitState::ForcedClosed | CircuitState::Disabled => {
-                    return Decision::Admit(Pass::Bypass)
+                    return Decision::Admit(Pass::bypass())
                 }
                 CircuitState::ForcedOpen => return self.reject(CircuitState::ForcedOpen, None),
                 CircuitState::Open => {
@@ -192,7 +252,7 @@ impl Core {
                     match self.cas(word, probing) {
                         Ok(()) => {
                             self.transitioned(word, probing, Reason::BreakEnded);
-                            return Decision::Admit(Pass::Probe(
+                            return Decision::Admit(Pass::probe(
                                 probing.generation(),
                                 self.epoch(),
                             ));
@@ -207,7 +267,7 @@ impl Core {
                     let taken = word.with_probes(word.probes() + 1, word.successes());
                     match self.cas(word, taken) {
                         Ok(()) => {
-                            return Decision::Admit(Pass::Probe(word.generation(), self.epoch()))
+                            return Decision::Admit(Pass::probe(word.generation(), self.epoch()))
                         }
                         Err(actual) => word = actual,
                     }
@@ -239,14 +299,14 @@ impl Core {
     #[inline]
     pub(crate) fn still_admits(&self, pass: Pass) -> bool {
         let word = self.load();
-        match pass {
-            Pass::Closed(generation) => {
+        match pass.kind() {
+            PassKind::Closed(generation) => {
                 word.state() == CircuitState::Closed && word.generation() == generation
             }
-            Pass::Probe(generation, _) => {
+            PassKind::Probe(generation, _) => {
                 word.state() == CircuitState::HalfOpen && word.generation() == generation
             }
-            Pass::Bypass => matches!(
+            PassKind::Bypass => matches!(
                 word.state(),
                 CircuitState::ForcedClosed | CircuitState::Disabled
             ),
@@ -270,7 +330,7 @@ impl Core {
         // With no window to feed (and no slow-call rule, as windows come with it), one load
         // and nothing written; with only a count window already past its minimum of calls
         // (so a success cannot bring it to where a rate is judged), the window records it.
-        if let (Pass::Closed(generation), Outcome::Success) = (pass, outcome) {
+        if let (PassKind::Closed(generation), Outcome::Success) = (pass.kind(), outcome) {
             let word = self.load();
             if word.state() == CircuitState::Closed
                 && word.generation() == generation
@@ -314,21 +374,21 @@ impl Core {
         if slow {
             self.counters.slow.fetch_add(1, Ordering::Relaxed);
         }
-        match pass {
-            Pass::Bypass => false,
-            Pass::Probe(generation, epoch) => {
+        match pass.kind() {
+            PassKind::Bypass => false,
+            PassKind::Probe(generation, epoch) => {
                 if !self.outlived_a_wrap(epoch) {
                     self.probe_done(generation, outcome, slow, now);
                 }
                 false
             }
-            Pass::Closed(generation) => self.closed_done(generation, outcome, slow, now),
+            PassKind::Closed(generation) => self.closed_done(generation, outcome, slow, now),
         }
     }
 
     /// Gives back the slot of a probe whose future was dropped before it completed.
     pub(crate) fn abandon(&self, pass: Pass) {
-        if let Pass::Probe(generation, epoch) = pass {
+        if let PassKind::Probe(generation, epoch) = pass.kind() {
             if self.outlived_a_wrap(epoch) {
                 return;
             }
@@ -345,8 +405,8 @@ impl Core {
     /// Whether so many transitions happened since `epoch` that the generation may have wrapped
     /// round to the same value (half the wrap, for margin: the count is bumped just after
     /// each transition).
-    fn outlived_a_wrap(&self, epoch: u64) -> bool {
-        self.epoch().wrapping_sub(epoch) >= super::state::GENERATIONS / 2
+    fn outlived_a_wrap(&self, epoch: u32) -> bool {
+        u64::from((self.epoch() as u32).wrapping_sub(epoch)) >= super::state::GENERATIONS / 2
     }
 
     /// Records a Closed call's outcome; `true` when the count window recorded it.
@@ -673,7 +733,7 @@ mod tests {
         assert_eq!(c.state(), CircuitState::Open);
         let e = rejected(c.admit(|| at(&c, 29_999)));
         assert_eq!(e.retry_after(), Some(Duration::from_millis(1)));
-        assert!(matches!(pass(c.admit(|| at(&c, 30_000))), Pass::Probe(..)));
+        assert!(pass(c.admit(|| at(&c, 30_000))).is_probe());
         assert_eq!(c.state(), CircuitState::HalfOpen);
     }
 
@@ -712,6 +772,46 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_packs_into_one_word_and_unpacks_exactly() {
+        use super::super::state::GENERATIONS;
+        // The point of packing: an admission kept by a service is one word.
+        assert_eq!(std::mem::size_of::<Option<Pass>>(), 8);
+        let top = (GENERATIONS - 1) as u32;
+        assert_eq!(Pass::closed(0).kind(), PassKind::Closed(0));
+        assert_eq!(Pass::closed(top).kind(), PassKind::Closed(top));
+        assert_eq!(Pass::bypass().kind(), PassKind::Bypass);
+        assert_eq!(Pass::probe(7, 5).kind(), PassKind::Probe(7, 5));
+        // The epoch keeps its low 32 bits.
+        let epoch = (3 << 32) | 0xDEAD_BEEF;
+        assert_eq!(
+            Pass::probe(top, epoch).kind(),
+            PassKind::Probe(top, 0xDEAD_BEEF)
+        );
+        assert_ne!(Pass::closed(1), Pass::probe(1, 0));
+    }
+
+    #[test]
+    fn a_probe_that_outlived_a_wrap_is_told_apart_across_the_epochs_32_bit_boundary() {
+        use super::super::state::GENERATIONS;
+        let c = core(|b| b);
+        // The transition count just below 2^32, so the probe's kept epoch wraps within the
+        // margin of a generation wrap.
+        let start = (1u64 << 32) - 3;
+        c.counters.transitions.store(start, Ordering::Relaxed);
+        let PassKind::Probe(_, epoch) = Pass::probe(0, start).kind() else {
+            panic!("a probe");
+        };
+        c.counters
+            .transitions
+            .store(start + GENERATIONS / 2 - 1, Ordering::Relaxed);
+        assert!(!c.outlived_a_wrap(epoch), "within half a wrap");
+        c.counters
+            .transitions
+            .store(start + GENERATIONS / 2, Ordering::Relaxed);
+        assert!(c.outlived_a_wrap(epoch), "half a wrap later");
+    }
+
+    #[test]
     fn a_stale_outcome_does_not_move_the_new_state() {
         let c = core(|b| b.consecutive_failures(1).success_threshold(1));
         let slow = pass(c.admit(|| at(&c, 0)));
@@ -734,7 +834,7 @@ mod tests {
         let probe = pass(c.admit(|| at(&c, 30_000)));
         rejected(c.admit(|| at(&c, 30_000)));
         c.abandon(probe);
-        assert!(matches!(pass(c.admit(|| at(&c, 30_000))), Pass::Probe(..)));
+        assert!(pass(c.admit(|| at(&c, 30_000))).is_probe());
     }
 
     #[test]
@@ -829,7 +929,10 @@ mod tests {
                             Outcome::Success
                         };
                         match c.admit(|| now) {
-                            Decision::Admit(p @ Pass::Probe(generation, _)) => {
+                            Decision::Admit(p) if p.is_probe() => {
+                                let PassKind::Probe(generation, _) = p.kind() else {
+                                    unreachable!("a probe")
+                                };
                                 probes.fetch_add(1, Ordering::Relaxed);
                                 {
                                     let mut table = table.lock().unwrap();

@@ -18,26 +18,24 @@ use crate::BoxError;
 /// slot back when the call is dropped before that.
 pub(crate) struct Ticket {
     core: Arc<Core>,
-    pass: Pass,
-    armed: bool,
+    /// Taken when the outcome is recorded; still here when dropped, the call was abandoned.
+    pass: Option<Pass>,
 }
 
 impl Ticket {
+    #[inline]
     pub(crate) fn new(core: Arc<Core>, pass: Pass) -> Self {
         Ticket {
             core,
-            pass,
-            armed: true,
+            pass: Some(pass),
         }
-    }
-
-    pub(crate) fn pass(&self) -> Pass {
-        self.pass
     }
 
     #[inline]
     fn finish(mut self, outcome: Outcome, started: Option<Instant>) {
-        self.armed = false;
+        let Some(pass) = self.pass.take() else {
+            return;
+        };
         let (elapsed, now) = match started {
             Some(started) => {
                 let now = Instant::now();
@@ -45,16 +43,16 @@ impl Ticket {
             }
             None => (None, None),
         };
-        self.core.complete(self.pass, outcome, elapsed, now);
+        self.core.complete(pass, outcome, elapsed, now);
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.armed {
+        if let Some(pass) = self.pass.take() {
             // Dropped before completing: the client went away. Counts for nothing, but a
             // probe's slot is given back.
-            self.core.abandon(self.pass);
+            self.core.abandon(pass);
         }
     }
 }
@@ -75,29 +73,19 @@ pin_project! {
     /// nothing and a half-open probe's slot is given back.
     #[derive(Debug)]
     pub struct ResponseFuture<F, C> {
+        // `None` when the call was rejected; the rejection is then in `rejection`.
         #[pin]
-        kind: Kind<F, C>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    #[derive(Debug)]
-    enum Kind<F, C> {
-        Called {
-            #[pin]
-            response: F,
-            ticket: Option<Ticket>,
-            classifier: C,
-            started: Option<Instant>,
-        },
-        Rejected {
-            error: Option<CircuitOpen>,
-        },
+        response: Option<F>,
+        ticket: Option<Ticket>,
+        // Boxed here rather than when polled: a rejection becomes a `BoxError` either way.
+        rejection: Option<BoxError>,
+        classifier: C,
+        started: Option<Instant>,
     }
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    #[inline]
     pub(crate) fn called(
         response: F,
         ticket: Ticket,
@@ -105,18 +93,21 @@ impl<F, C> ResponseFuture<F, C> {
         started: Option<Instant>,
     ) -> Self {
         ResponseFuture {
-            kind: Kind::Called {
-                response,
-                ticket: Some(ticket),
-                classifier,
-                started,
-            },
+            response: Some(response),
+            ticket: Some(ticket),
+            rejection: None,
+            classifier,
+            started,
         }
     }
 
-    pub(crate) fn rejected(error: CircuitOpen) -> Self {
+    pub(crate) fn rejected(error: CircuitOpen, classifier: C) -> Self {
         ResponseFuture {
-            kind: Kind::Rejected { error: Some(error) },
+            response: None,
+            ticket: None,
+            rejection: Some(Box::new(error)),
+            classifier,
+            started: None,
         }
     }
 }
@@ -129,25 +120,20 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called {
-                response,
-                ticket,
-                classifier,
-                started,
-            } => {
-                let result = ready!(response.poll(cx)).map_err(Into::into);
-                if let Some(ticket) = ticket.take() {
-                    ticket.finish(outcome_of(classifier, &result), *started);
-                }
-                Poll::Ready(result)
-            }
-            KindProj::Rejected { error } => match error.take() {
-                Some(error) => Poll::Ready(Err(Box::new(error))),
+        let this = self.project();
+        let Some(response) = this.response.as_pin_mut() else {
+            return match this.rejection.take() {
+                Some(error) => Poll::Ready(Err(error)),
                 None => panic!("circuit breaker ResponseFuture polled after completion"),
-            },
+            };
+        };
+        let result = ready!(response.poll(cx)).map_err(Into::into);
+        if let Some(ticket) = this.ticket.take() {
+            ticket.finish(outcome_of(this.classifier, &result), *this.started);
         }
+        Poll::Ready(result)
     }
 }
 

@@ -105,10 +105,12 @@
 //! # Cost
 //!
 //! The state machine is one atomic word: admission in Closed is one atomic load, and a success
-//! that follows a success writes nothing to it. No lock is taken and nothing is allocated on
-//! any path of a call. The windows are rings of atomics (a count window) or buckets (a time
-//! window), O(1) per call. The clock is read per call only with a slow-call rule or a time
-//! window.
+//! that follows a success writes nothing to it. A call that succeeds while Closed costs that
+//! load (read again when it completes), one clone of the breaker's `Arc` for its response
+//! future, and one increment of the shared call counter. No lock is taken on any path, and an
+//! admitted call allocates nothing (a rejection's error is boxed, as a `BoxError`). The
+//! windows are rings of atomics (a count window) or buckets (a time window), O(1) per call.
+//! The clock is read per call only with a slow-call rule or a time window.
 //!
 //! [`failure_rate_over_calls`]: CircuitBreakerLayerBuilder::failure_rate_over_calls
 //! [`failure_rate_over_time`]: CircuitBreakerLayerBuilder::failure_rate_over_time
@@ -149,40 +151,77 @@ use self::future::{ResponseFuture, Ticket};
 /// [module docs](self).
 pub struct CircuitBreaker<S, C = DefaultClassifier> {
     inner: S,
-    core: Arc<Core>,
+    admission: Admission,
     classifier: C,
-    admission: Option<Admission>,
 }
 
-/// The decision `poll_ready` made for the next call.
-enum Admission {
-    Admitted(Ticket),
-    Rejected(CircuitOpen),
+/// The breaker's shared state and the decision `poll_ready` made for the next call.
+///
+/// An admission is a `Copy` pass, not a ticket: the breaker's `Arc` is cloned once per call,
+/// in `call`, for the response future. A rejection is kept apart, so the hot path moves only
+/// the pass. Dropped while it holds a probe's pass (a readied service that never called), it
+/// gives the probe's slot back.
+struct Admission {
+    core: Arc<Core>,
+    pass: Option<Pass>,
+    rejection: Option<CircuitOpen>,
+}
+
+impl Admission {
+    /// A fresh decision on a call.
+    #[inline]
+    fn fresh(&self) -> Result<Pass, CircuitOpen> {
+        match self.core.admit(Instant::now) {
+            Decision::Admit(pass) => Ok(pass),
+            Decision::Reject(error) => Err(error),
+        }
+    }
+
+    /// Decides on the next call and keeps the decision, giving back any earlier one.
+    #[inline]
+    fn decide(&mut self) {
+        self.release();
+        match self.fresh() {
+            Ok(pass) => self.pass = Some(pass),
+            Err(error) => self.rejection = Some(error),
+        }
+    }
+
+    /// Gives back what an admission held and was not used (a probe's slot).
+    #[inline]
+    fn release(&mut self) {
+        if let Some(pass) = self.pass.take() {
+            self.core.abandon(pass);
+        }
+        self.rejection = None;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn from_parts(inner: S, core: Arc<Core>, classifier: C) -> Self {
         CircuitBreaker {
             inner,
-            core,
+            admission: Admission {
+                core,
+                pass: None,
+                rejection: None,
+            },
             classifier,
-            admission: None,
         }
     }
 
     /// A handle to this breaker's shared state.
     pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle::new(self.core.clone())
+        CircuitBreakerHandle::new(self.admission.core.clone())
     }
 
     inner_service_accessors!();
-
-    fn decide(&self) -> Admission {
-        match self.core.admit(Instant::now) {
-            Decision::Admit(pass) => Admission::Admitted(Ticket::new(self.core.clone(), pass)),
-            Decision::Reject(error) => Admission::Rejected(error),
-        }
-    }
 }
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
@@ -191,7 +230,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
     fn clone(&self) -> Self {
         CircuitBreaker::from_parts(
             self.inner.clone(),
-            self.core.clone(),
+            self.admission.core.clone(),
             self.classifier.clone(),
         )
     }
@@ -201,8 +240,8 @@ impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("name", &self.core.name)
-            .field("state", &self.core.state())
+            .field("name", &self.admission.core.name)
+            .field("state", &self.admission.core.state())
             .finish()
     }
 }
@@ -221,14 +260,15 @@ where
         // Decide, or decide again if the last decision no longer holds: a rejection (the break
         // may have ended), or an admission from a state the breaker has since left (it tripped
         // while this call waited for the inner service).
-        let holds = match &self.admission {
-            Some(Admission::Admitted(ticket)) => self.core.still_admits(ticket.pass()),
-            _ => false,
+        let admission = &mut self.admission;
+        let holds = match admission.pass {
+            Some(pass) => admission.core.still_admits(pass),
+            None => false,
         };
         if !holds {
-            self.admission = Some(self.decide());
+            admission.decide();
         }
-        if let Some(Admission::Rejected(_)) = self.admission {
+        if admission.rejection.is_some() {
             return Poll::Ready(Ok(()));
         }
         match self.inner.poll_ready(cx) {
@@ -236,33 +276,39 @@ where
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(err)) => {
                 // The inner service is gone; give back what this admission held.
-                self.admission = None;
+                self.admission.release();
                 Poll::Ready(Err(err.into()))
             }
         }
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let admission = match self.admission.take() {
-            Some(Admission::Admitted(ticket)) if !self.core.still_admits(ticket.pass()) => {
+        let admission = &mut self.admission;
+        let decision = match admission.pass.take() {
+            Some(pass) if admission.core.still_admits(pass) => Ok(pass),
+            Some(pass) => {
                 // The state changed since `poll_ready`: decide again (the inner service is
                 // ready either way).
-                drop(ticket);
-                self.decide()
+                admission.core.abandon(pass);
+                admission.fresh()
             }
-            Some(admission) => admission,
-            // Called without `poll_ready`: decide now.
-            None => self.decide(),
+            None => match admission.rejection.take() {
+                Some(error) => Err(error),
+                // Called without `poll_ready`: decide now.
+                None => admission.fresh(),
+            },
         };
-        match admission {
-            Admission::Admitted(ticket) => {
-                let started = self.core.needs_clock().then(Instant::now);
+        match decision {
+            Ok(pass) => {
+                let core = &admission.core;
+                let started = core.needs_clock().then(Instant::now);
+                let ticket = Ticket::new(core.clone(), pass);
                 let response = self.inner.call(request);
                 ResponseFuture::called(response, ticket, self.classifier.clone(), started)
             }
-            Admission::Rejected(error) => {
-                self.core.rejected(&error);
-                ResponseFuture::rejected(error)
+            Err(error) => {
+                admission.core.rejected(&error);
+                ResponseFuture::rejected(error, self.classifier.clone())
             }
         }
     }
