@@ -108,6 +108,7 @@ where
 impl<S, Request, P> Attempts<S, Request, P> {
     /// Decides what follows `result`. `rng` and `last_delay` are the retry state's, if a retry
     /// happened already.
+    #[inline]
     fn after<T>(
         &self,
         result: &Result<T, BoxError>,
@@ -164,6 +165,7 @@ pub(crate) struct Call<'a, P> {
 impl<P> Call<'_, P> {
     /// Decides what follows `result` of attempt `self.attempt` for `request`. `rng` and
     /// `last_delay` are the retry state's, if a retry happened already.
+    #[inline]
     pub(crate) fn after<Request, T>(
         &self,
         request: &Request,

@@ -68,6 +68,7 @@ impl Shared {
         );
     }
 
+    #[inline]
     pub(crate) fn deposit(&self) {
         if let Some(budget) = &self.budget {
             budget.deposit(Instant::now());
