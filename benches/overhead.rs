@@ -15,7 +15,8 @@
 //! - `pending_once`: the inner future is pending once before completing, so timers really arm
 //!   and wakers are registered.
 //! - `contended`: 64 tasks on a 2-worker multi-thread runtime, each calling its own clone of
-//!   one service; reported time is wall time per call across all tasks (lower is better).
+//!   one service whose inner future is ready at once; reported time is wall time per call
+//!   across all tasks (lower is better).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,6 +45,60 @@ impl Future for PendingOnce {
             Some(x) => Poll::Ready(Ok(x & !(1 << 63))),
             None => Poll::Pending,
         }
+    }
+}
+
+/// The floor for any layer whose response future can reach state shared by every clone (a
+/// breaker's, a retry layer's counters and budget): the future holds a clone of an `Arc`,
+/// dropped when the call completes. Nothing else is done.
+#[derive(Clone)]
+struct SharedHandle<S> {
+    inner: S,
+    shared: std::sync::Arc<()>,
+}
+
+impl<S> SharedHandle<S> {
+    fn new(inner: S) -> Self {
+        SharedHandle {
+            inner,
+            shared: std::sync::Arc::new(()),
+        }
+    }
+}
+
+impl<S: Service<u64>> Service<u64> for SharedHandle<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = HandleFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        HandleFuture {
+            inner: self.inner.call(request),
+            shared: Some(self.shared.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct HandleFuture<F> {
+        #[pin]
+        inner: F,
+        shared: Option<std::sync::Arc<()>>,
+    }
+}
+
+impl<F: Future> Future for HandleFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        drop(this.shared.take());
+        Poll::Ready(output)
     }
 }
 
@@ -118,7 +173,25 @@ where
     group.finish();
 }
 
+/// The multi-thread runtime every contended benchmark runs on: one for the whole run, so
+/// that the entries compared run on the same workers.
+fn contended_runtime() -> &'static Runtime {
+    static RUNTIME: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    })
+}
+
 /// 64 tasks on 2 worker threads share clones of `svc`; returns wall time per call.
+///
+/// The inner future is ready at once, so the two workers hammer the layer's shared state
+/// (its atomics and `Arc` counts) and nothing else: with a future pending once, the cost per
+/// call is dominated by tokio's own timer wheel under contention (paid alike by every layer
+/// that arms a timer), and it switched between two modes from run to run.
 fn bench_contended<S>(c: &mut Criterion, group: &str, name: &str, svc: S)
 where
     S: Service<u64, Response = u64> + Clone + Send + 'static,
@@ -126,11 +199,7 @@ where
     S::Future: Send,
 {
     const TASKS: u64 = 64;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = contended_runtime();
     let mut group = c.benchmark_group(format!("{group}/contended"));
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {
@@ -195,7 +264,7 @@ fn bulkhead(c: &mut Criterion) {
             waiting().layer(inner(mode)),
         );
     }
-    let mode = Mode::PendingOnce;
+    let mode = Mode::Ready;
     bench_contended(c, "bulkhead", "baseline", inner(mode));
     bench_contended(
         c,
@@ -240,6 +309,13 @@ fn circuit_breaker(c: &mut Criterion) {
         bench_sequential(
             c,
             "circuit_breaker",
+            "shared_handle",
+            mode,
+            SharedHandle::new(inner(mode)),
+        );
+        bench_sequential(
+            c,
+            "circuit_breaker",
             "bulwark",
             mode,
             default().layer(inner(mode)),
@@ -252,13 +328,19 @@ fn circuit_breaker(c: &mut Criterion) {
             windows().layer(inner(mode)),
         );
     }
-    let mode = Mode::PendingOnce;
+    let mode = Mode::Ready;
     bench_contended(c, "circuit_breaker", "baseline", inner(mode));
     bench_contended(
         c,
         "circuit_breaker",
         "tower_concurrency_limit",
         limit().layer(inner(mode)),
+    );
+    bench_contended(
+        c,
+        "circuit_breaker",
+        "shared_handle",
+        SharedHandle::new(inner(mode)),
     );
     bench_contended(
         c,
@@ -334,6 +416,13 @@ fn retry(c: &mut Criterion) {
         bench_sequential(
             c,
             "retry",
+            "shared_handle",
+            mode,
+            SharedHandle::new(inner(mode)),
+        );
+        bench_sequential(
+            c,
+            "retry",
             "tower_budget",
             mode,
             tower_budget().layer(inner(mode)),
@@ -347,9 +436,15 @@ fn retry(c: &mut Criterion) {
             bulwark_no_budget().layer(inner(mode)),
         );
     }
-    let mode = Mode::PendingOnce;
+    let mode = Mode::Ready;
     bench_contended(c, "retry", "baseline", inner(mode));
     bench_contended(c, "retry", "tower", tower().layer(inner(mode)));
+    bench_contended(
+        c,
+        "retry",
+        "shared_handle",
+        SharedHandle::new(inner(mode)),
+    );
     bench_contended(
         c,
         "retry",
@@ -372,6 +467,18 @@ fn stack(c: &mut Criterion) {
             .build()
             .expect("a valid stack")
     };
+    // The stack cut down to what tower's stack does: retry without a budget, a concurrency
+    // cap, one timeout; no breaker. The same work, to compare like with like.
+    let bulwark_as_tower = || {
+        bulwark::stack::StackLayer::builder("bench")
+            .max_concurrent(1024)
+            .total_timeout(Duration::from_secs(10))
+            .no_attempt_timeout()
+            .retry(|retry| retry.no_budget())
+            .no_circuit_breaker()
+            .build()
+            .expect("a valid stack")
+    };
     let tower_stack = || {
         tower::ServiceBuilder::new()
             .layer(tower::retry::RetryLayer::new(NeverRetry))
@@ -388,11 +495,24 @@ fn stack(c: &mut Criterion) {
             tower_stack().service(inner(mode)),
         );
         bench_sequential(c, "stack", "bulwark", mode, bulwark().layer(inner(mode)));
+        bench_sequential(
+            c,
+            "stack",
+            "bulwark_as_tower",
+            mode,
+            bulwark_as_tower().layer(inner(mode)),
+        );
     }
-    let mode = Mode::PendingOnce;
+    let mode = Mode::Ready;
     bench_contended(c, "stack", "baseline", inner(mode));
     bench_contended(c, "stack", "tower", tower_stack().service(inner(mode)));
     bench_contended(c, "stack", "bulwark", bulwark().layer(inner(mode)));
+    bench_contended(
+        c,
+        "stack",
+        "bulwark_as_tower",
+        bulwark_as_tower().layer(inner(mode)),
+    );
 }
 
 fn timeout(c: &mut Criterion) {
@@ -414,6 +534,20 @@ fn timeout(c: &mut Criterion) {
             bulwark::TimeoutLayer::new(limit).layer(inner(mode)),
         );
     }
+    let mode = Mode::Ready;
+    bench_contended(c, "timeout", "baseline", inner(mode));
+    bench_contended(
+        c,
+        "timeout",
+        "tower",
+        tower::timeout::TimeoutLayer::new(limit).layer(inner(mode)),
+    );
+    bench_contended(
+        c,
+        "timeout",
+        "bulwark",
+        bulwark::TimeoutLayer::new(limit).layer(inner(mode)),
+    );
 }
 
 criterion_group!(benches, timeout, bulkhead, circuit_breaker, retry, stack);
