@@ -439,12 +439,7 @@ fn retry(c: &mut Criterion) {
     let mode = Mode::Ready;
     bench_contended(c, "retry", "baseline", inner(mode));
     bench_contended(c, "retry", "tower", tower().layer(inner(mode)));
-    bench_contended(
-        c,
-        "retry",
-        "shared_handle",
-        SharedHandle::new(inner(mode)),
-    );
+    bench_contended(c, "retry", "shared_handle", SharedHandle::new(inner(mode)));
     bench_contended(
         c,
         "retry",

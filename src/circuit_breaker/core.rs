@@ -219,6 +219,12 @@ impl Core {
 
     // === admission ===
 
+    /// Whether the breaker is Closed: a call would be admitted, holding nothing.
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.load().state() == CircuitState::Closed
+    }
+
     /// Decides whether a call may go through. `now` is read only when the breaker is open.
     #[inline]
     pub(crate) fn admit(&self, now: impl FnOnce() -> Instant) -> Decision {

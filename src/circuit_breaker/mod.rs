@@ -260,13 +260,20 @@ where
         // Decide, or decide again if the last decision no longer holds: a rejection (the break
         // may have ended), or an admission from a state the breaker has since left (it tripped
         // while this call waited for the inner service).
+        //
+        // A Closed breaker admits without holding anything (its pass is only the state's
+        // generation), so nothing is decided or kept here then: `call` reads the state once
+        // more either way.
         let admission = &mut self.admission;
         let holds = match admission.pass {
             Some(pass) => admission.core.still_admits(pass),
             None => false,
         };
         if !holds {
-            admission.decide();
+            admission.release();
+            if !admission.core.is_closed() {
+                admission.decide();
+            }
         }
         if admission.rejection.is_some() {
             return Poll::Ready(Ok(()));
