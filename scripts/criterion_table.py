@@ -23,7 +23,7 @@ PAIRS = {
     "bulkhead": {"bulwark": "tower_concurrency_limit", "bulwark_max_wait": "tower_concurrency_limit"},
     "circuit_breaker": {"bulwark": "tower_concurrency_limit", "bulwark_windows": "tower_concurrency_limit"},
     "retry": {"bulwark": "tower_budget", "bulwark_no_budget": "tower"},
-    "stack": {"bulwark": "tower"},
+    "stack": {"bulwark": "tower", "bulwark_as_tower": "tower"},
 }
 
 

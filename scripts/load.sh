@@ -2,11 +2,13 @@
 # Load test of the example gateway, on loopback, with wrk.
 #
 # Starts the three services and the gateway (release build, external mode, --bench-routes),
-# then drives three targets, interleaved, ROUNDS times each for DURATION seconds:
-#   direct  GET inventory /catalog             (the downstream alone)
-#   raw     GET gateway   /bench/raw/catalog   (the gateway, no bulwark layer)
-#   stack   GET gateway   /api/catalog         (the same work through the inventory's stack)
-# Prints requests/s, p50 and p99 for each (median of the rounds) and the ratios of stack to raw.
+# then drives four targets, interleaved, ROUNDS times each for DURATION seconds:
+#   direct   GET inventory /catalog                (the downstream alone)
+#   raw      GET gateway   /bench/raw/catalog      (the gateway, no layer)
+#   timeout  GET gateway   /bench/timeout/catalog  (the same, inside tower's Timeout alone)
+#   stack    GET gateway   /api/catalog            (the same work through the inventory's stack)
+# Prints requests/s, p50 and p99 for each (median of the rounds) and the ratios of stack to
+# raw, of timeout to raw (what having a timeout at all costs) and of stack to timeout.
 # Servers are pinned to CPU 0 and wrk to CPU 1 when there are two CPUs (taskset).
 #
 #   scripts/load.sh                       # 3 rounds of 10 s, 32 connections
@@ -89,16 +91,17 @@ fi
 declare -A URL=(
   [direct]="http://127.0.0.1:$INV/catalog"
   [raw]="http://127.0.0.1:$GW/bench/raw/catalog"
+  [timeout]="http://127.0.0.1:$GW/bench/timeout/catalog"
   [stack]="http://127.0.0.1:$GW/api/catalog"
 )
 # A short warm-up of each target.
-for t in direct raw stack; do
+for t in direct raw timeout stack; do
   pin 1 wrk -t1 -c"$CONNECTIONS" -d2s "${URL[$t]}" >/dev/null
 done
 
 RESULTS="$WORK/results.tsv"
 for round in $(seq 1 "$ROUNDS"); do
-  for t in direct raw stack; do
+  for t in direct raw timeout stack; do
     out=$(pin 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${URL[$t]}")
     if echo "$out" | grep -qE "Non-2xx|Socket errors"; then
       echo "$t: errors or non-2xx answers:" >&2
@@ -125,7 +128,7 @@ def micros(text):
 path, cpus, conns, secs, rounds = sys.argv[1:]
 rows = [line.rstrip("\n").split("\t") for line in open(path)]
 summary = {}
-for target in ("direct", "raw", "stack"):
+for target in ("direct", "raw", "timeout", "stack"):
     mine = [r for r in rows if r[1] == target]
     summary[target] = (
         statistics.median(float(r[2]) for r in mine),
@@ -137,6 +140,11 @@ print(f"{rounds} interleaved rounds of {secs} s, {conns} connections, wrk on CPU
 print(f"{'target':8} {'req/s':>10} {'p50 us':>9} {'p99 us':>9}")
 for target, (rps, p50, p99) in summary.items():
     print(f"{target:8} {rps:10.0f} {p50:9.0f} {p99:9.0f}")
-raw, stack = summary["raw"], summary["stack"]
-print(f"stack / raw: req/s {stack[0] / raw[0]:.3f}, p99 {stack[2] / raw[2]:.3f}")
+raw, timeout, stack = summary["raw"], summary["timeout"], summary["stack"]
+for name, (a, b) in {
+    "stack / raw": (stack, raw),
+    "timeout / raw": (timeout, raw),
+    "stack / timeout": (stack, timeout),
+}.items():
+    print(f"{name + ':':16} req/s {a[0] / b[0]:.3f}, p99 {a[2] / b[2]:.3f}")
 EOF

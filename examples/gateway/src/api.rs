@@ -47,9 +47,18 @@ pub struct AppState {
     /// How long `POST /api/orders` waits for its saga before answering 202 (the saga goes
     /// on; `GET /api/sagas/{id}` follows it).
     pub saga_wait: Duration,
-    /// The inventory client with no bulwark layer behind `GET /bench/raw/catalog` (for the
-    /// load script), when mounted.
-    pub bench_inventory: Option<crate::client::Downstream>,
+    /// The inventory clients behind the load script's reference routes, when mounted.
+    pub bench: Option<BenchClients>,
+}
+
+/// The inventory clients of the load script's reference routes.
+#[derive(Clone, Debug)]
+pub struct BenchClients {
+    /// No layer at all: `GET /bench/raw/catalog`.
+    pub raw: crate::client::Downstream,
+    /// tower's `Timeout` only, as long as the stack's total timeout:
+    /// `GET /bench/timeout/catalog`.
+    pub timeout: crate::client::Downstream,
 }
 
 /// The gateway's router, with its inbound protection: a body limit, a per-request timeout,
@@ -72,8 +81,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             put(set_fault).delete(clear_fault).get(get_fault),
         );
     }
-    if state.bench_inventory.is_some() {
-        api = api.route("/bench/raw/catalog", get(bench_catalog));
+    if state.bench.is_some() {
+        api = api
+            .route("/bench/raw/catalog", get(bench_raw_catalog))
+            .route("/bench/timeout/catalog", get(bench_timeout_catalog));
     }
     api.fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -265,10 +276,18 @@ async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Response 
 }
 
 /// `GET /bench/raw/catalog`: the same work as `GET /api/catalog`, through the same client
-/// code with no bulwark layer, for the load script's comparison.
-async fn bench_catalog(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    match &state.bench_inventory {
-        Some(inventory) => catalog_via(inventory, &headers).await,
+/// code with no layer, for the load script's comparison.
+async fn bench_raw_catalog(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match &state.bench {
+        Some(bench) => catalog_via(&bench.raw, &headers).await,
+        None => json_error(StatusCode::NOT_FOUND, "not_found", "no such route").into_response(),
+    }
+}
+
+/// `GET /bench/timeout/catalog`: the same again, through tower's `Timeout` alone.
+async fn bench_timeout_catalog(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match &state.bench {
+        Some(bench) => catalog_via(&bench.timeout, &headers).await,
         None => json_error(StatusCode::NOT_FOUND, "not_found", "no such route").into_response(),
     }
 }

@@ -1,6 +1,7 @@
 //! A client of one downstream service: hyper-util's client inside a bulwark HTTP standard
 //! stack named after the service, with its own breaker, bulkhead and retry budget.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -69,8 +70,16 @@ pub struct Unavailable {
 type Svc = BoxCloneSyncService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
 
 /// One downstream service, called through its own stack.
+///
+/// Cheap to clone (one `Arc`): the gateway's state, with every client in it, is cloned for
+/// each request it serves.
 #[derive(Debug, Clone)]
 pub struct Downstream {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     name: &'static str,
     base: String,
     svc: Svc,
@@ -89,17 +98,30 @@ impl Downstream {
                 .build_http::<ReplayBody<Full<Bytes>>>(),
         ));
         Downstream {
-            name,
-            base: base.trim_end_matches('/').to_owned(),
-            svc: BoxCloneSyncService::new(svc),
-            handle,
-            description,
+            shared: Arc::new(Shared {
+                name,
+                base: base.trim_end_matches('/').to_owned(),
+                svc: BoxCloneSyncService::new(svc),
+                handle,
+                description,
+            }),
         }
     }
 
     /// The same client with no bulwark layer at all, for the load script's comparison: the
     /// same request building, boxing and body reading, without the stack.
     pub fn bare(name: &'static str, base: &str) -> Self {
+        Downstream::unlayered(name, base, None)
+    }
+
+    /// The bare client inside tower's own `Timeout` only, for the load script: what having a
+    /// timeout at all costs (a timer armed per call, a runtime that parks with a deadline),
+    /// apart from the rest of the stack.
+    pub fn bare_with_timeout(name: &'static str, base: &str, timeout: Duration) -> Self {
+        Downstream::unlayered(name, base, Some(timeout))
+    }
+
+    fn unlayered(name: &'static str, base: &str, timeout: Option<Duration>) -> Self {
         let handle = bulwark::stack::StackLayer::builder(name)
             .no_bulkhead()
             .no_total_timeout()
@@ -109,38 +131,51 @@ impl Downstream {
             .build()
             .map(|stack| stack.handle())
             .expect("a stack with every stage off is valid");
-        let svc = reading(
+        let client = reading(
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE)
                 .build_http::<Full<Bytes>>(),
         );
+        let (svc, description) = match timeout {
+            None => (BoxCloneSyncService::new(client), "no layers".to_owned()),
+            Some(timeout) => (
+                BoxCloneSyncService::new(
+                    ServiceBuilder::new()
+                        .layer(tower::timeout::TimeoutLayer::new(timeout))
+                        .service(client),
+                ),
+                format!("tower's Timeout ({timeout:?}) only"),
+            ),
+        };
         Downstream {
-            name,
-            base: base.trim_end_matches('/').to_owned(),
-            svc: BoxCloneSyncService::new(svc),
-            handle,
-            description: "no layers".into(),
+            shared: Arc::new(Shared {
+                name,
+                base: base.trim_end_matches('/').to_owned(),
+                svc,
+                handle,
+                description,
+            }),
         }
     }
 
     /// The stack's settings, as its `Debug` shows them.
     pub fn describe(&self) -> &str {
-        &self.description
+        &self.shared.description
     }
 
     /// The base URL.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.shared.base
     }
 
     /// The service's name.
     pub fn name(&self) -> &'static str {
-        self.name
+        self.shared.name
     }
 
     /// The stack's handle: breaker state, bulkhead, retries.
     pub fn handle(&self) -> &StackHandle {
-        &self.handle
+        &self.shared.handle
     }
 
     /// Calls `method path` with an optional JSON body and `Idempotency-Key`.
@@ -153,7 +188,7 @@ impl Downstream {
         idempotency_key: Option<&str>,
     ) -> Result<Answer, Unavailable> {
         let unavailable = |error: BoxError| Unavailable {
-            service: self.name,
+            service: self.shared.name,
             kind: error_kind(&*error, StatusCode::BAD_GATEWAY),
             error,
         };
@@ -163,7 +198,7 @@ impl Downstream {
         };
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("{}{}", self.base, path))
+            .uri(format!("{}{}", self.shared.base, path))
             .header("content-type", "application/json");
         if let Some(key) = idempotency_key {
             request = request.header("idempotency-key", key);
@@ -177,7 +212,7 @@ impl Downstream {
         let request = request
             .body(Full::new(body))
             .map_err(|e| unavailable(e.into()))?;
-        match self.svc.clone().oneshot(request).await {
+        match self.shared.svc.clone().oneshot(request).await {
             Ok(response) => Ok(Answer {
                 status: response.status(),
                 body: response.into_body(),

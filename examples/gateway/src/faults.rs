@@ -137,20 +137,22 @@ impl Faults {
     }
 }
 
-/// The faults of every embedded service, by name.
+/// The faults of every embedded service, by name. Cheap to clone (one `Arc`).
 #[derive(Debug, Clone, Default)]
 pub struct FaultRegistry {
-    services: BTreeMap<&'static str, Arc<Faults>>,
+    services: Arc<BTreeMap<&'static str, Arc<Faults>>>,
 }
 
 impl FaultRegistry {
     /// A registry for `names`, all healthy.
     pub fn new(names: &[&'static str]) -> Self {
         FaultRegistry {
-            services: names
-                .iter()
-                .map(|&n| (n, Arc::new(Faults::default())))
-                .collect(),
+            services: Arc::new(
+                names
+                    .iter()
+                    .map(|&n| (n, Arc::new(Faults::default())))
+                    .collect(),
+            ),
         }
     }
 

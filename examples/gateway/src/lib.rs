@@ -91,6 +91,9 @@ pub struct GatewayConfig {
     pub inventory: StackConfig,
 }
 
+/// The stacks' default total timeout (also the load script's tower-`Timeout` reference route's).
+pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The gateway's defaults for a downstream's stack, before the file: tighter than the
 /// library's (an interactive API): 16 calls in flight, 5 s in all, 1 s per attempt, 3
 /// attempts from 50 ms, a break of 5 s after 5 failures in a row (or half of the last 100 calls
@@ -101,7 +104,7 @@ pub fn stack_defaults(
 ) -> bulwark::stack::StackBuilder<bulwark::classify::HttpClassifier, bulwark::retry::HttpPolicy> {
     StackLayer::http(name)
         .max_concurrent(16)
-        .total_timeout(Duration::from_secs(5))
+        .total_timeout(TOTAL_TIMEOUT)
         .attempt_timeout(Duration::from_secs(1))
         .retry(|r| {
             r.max_attempts(3)
@@ -291,7 +294,8 @@ pub struct Options {
     pub stock_scale: u64,
     /// How long a client may take to send a request's head.
     pub header_read_timeout: Duration,
-    /// Mount `GET /bench/raw/catalog` (the catalog with no bulwark layer) for load tests.
+    /// Mount `GET /bench/raw/catalog` (the catalog with no layer) and
+    /// `GET /bench/timeout/catalog` (with tower's `Timeout` alone) for load tests.
     pub bench_routes: bool,
 }
 
@@ -370,9 +374,14 @@ pub async fn start_gateway(
         faults,
         metrics,
         saga_wait: options.request_timeout.mul_f64(0.9),
-        bench_inventory: options
-            .bench_routes
-            .then(|| client::Downstream::bare("inventory-bare", &inventory_base)),
+        bench: options.bench_routes.then(|| api::BenchClients {
+            raw: client::Downstream::bare("inventory-bare", &inventory_base),
+            timeout: client::Downstream::bare_with_timeout(
+                "inventory-timeout",
+                &inventory_base,
+                TOTAL_TIMEOUT,
+            ),
+        }),
     };
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;

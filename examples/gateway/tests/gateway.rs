@@ -574,3 +574,30 @@ async fn a_compensation_being_retried_still_counts_as_waiting() {
     assert_consistent(&gw);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_load_scripts_reference_routes_serve_the_catalog_only_when_mounted() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    for path in ["/bench/raw/catalog", "/bench/timeout/catalog"] {
+        let a = http.send(Method::GET, path, None).await;
+        assert_eq!(
+            a.status,
+            StatusCode::NOT_FOUND,
+            "{path} without --bench-routes"
+        );
+    }
+
+    let gw = common::start_with_bench_routes().await;
+    let http = Http::new(&gw);
+    let catalog = http.send(Method::GET, "/api/catalog", None).await;
+    assert_eq!(catalog.status, StatusCode::OK);
+    assert!(catalog.body["products"]
+        .as_array()
+        .is_some_and(|p| !p.is_empty()));
+    for path in ["/bench/raw/catalog", "/bench/timeout/catalog"] {
+        let a = http.send(Method::GET, path, None).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+        assert_eq!(a.body, catalog.body, "{path} serves what /api/catalog does");
+    }
+}

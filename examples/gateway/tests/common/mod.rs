@@ -40,6 +40,16 @@ pub async fn start_scaled(scale: u64) -> Embedded {
 
 /// An embedded gateway with `config` (TOML) and stock `scale` times the catalog's.
 pub async fn start_with(config: &str, scale: u64) -> Embedded {
+    start_options(config, scale, false).await
+}
+
+/// An embedded gateway with the load script's reference routes mounted.
+#[allow(dead_code)]
+pub async fn start_with_bench_routes() -> Embedded {
+    start_options(CONFIG, 1, true).await
+}
+
+async fn start_options(config: &str, scale: u64, bench_routes: bool) -> Embedded {
     let config: GatewayConfig = toml::from_str(config).expect("test config");
     let options = Options {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -48,7 +58,7 @@ pub async fn start_with(config: &str, scale: u64) -> Embedded {
         compensation_retry: Duration::from_millis(100),
         stock_scale: scale,
         header_read_timeout: Duration::from_secs(2),
-        bench_routes: false,
+        bench_routes,
     };
     start_embedded(&options).await.expect("gateway starts")
 }
