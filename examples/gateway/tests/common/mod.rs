@@ -44,7 +44,6 @@ pub async fn start_with(config: &str, scale: u64) -> Embedded {
 }
 
 /// An embedded gateway with the load script's reference routes mounted.
-#[allow(dead_code)]
 pub async fn start_with_bench_routes() -> Embedded {
     start_options(CONFIG, 1, true).await
 }
