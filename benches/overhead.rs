@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo bench --bench overhead            # full run
 //! cargo bench --bench overhead -- --test  # smoke: each bench once (what CI runs)
+//! cargo bench --bench overhead -- contended  # the contended mode alone
 //! ```
 //!
 //! Each benchmark drives `iters` calls (`ready().await` then `call(..).await`) on one runtime
@@ -14,9 +15,11 @@
 //! - `ready`: the inner future completes on its first poll.
 //! - `pending_once`: the inner future is pending once before completing, so timers really arm
 //!   and wakers are registered.
-//! - `contended`: 64 tasks on a 2-worker multi-thread runtime, each calling its own clone of
-//!   one service whose inner future is ready at once; reported time is wall time per call
-//!   across all tasks (lower is better).
+//! - `contended`: 64 tasks on a 2-worker multi-thread runtime (workers pinned to two CPUs),
+//!   each calling its own clone of one service whose inner future is ready at once; reported
+//!   time is wall time per call across all tasks (lower is better). Measured by this bench
+//!   itself, not by criterion: every entry of a group once per round, back to back, over 21
+//!   rounds, with ratios taken round by round (see [`contended`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -173,61 +176,172 @@ where
     group.finish();
 }
 
-/// The multi-thread runtime every contended benchmark runs on: one for the whole run, so
-/// that the entries compared run on the same workers.
+/// The multi-thread runtime every contended entry runs on: one for the whole run, each
+/// worker pinned to its own CPU where there are two, so that two calls really run at once.
 fn contended_runtime() -> &'static Runtime {
     static RUNTIME: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let next = std::sync::atomic::AtomicUsize::new(0);
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .on_thread_start(move || {
+                if cores.len() >= 2 {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    core_affinity::set_for_current(cores[i % 2]);
+                }
+            })
             .enable_all()
             .build()
             .expect("a runtime")
     })
 }
 
-/// 64 tasks on 2 worker threads share clones of `svc`; returns wall time per call.
-///
-/// The inner future is ready at once, so the two workers hammer the layer's shared state
-/// (its atomics and `Arc` counts) and nothing else: with a future pending once, the cost per
-/// call is dominated by tokio's own timer wheel under contention (paid alike by every layer
-/// that arms a timer), and it switched between two modes from run to run.
-fn bench_contended<S>(c: &mut Criterion, group: &str, name: &str, svc: S)
+/// Tasks sharing clones of one service in the contended mode.
+const TASKS: u64 = 64;
+
+/// One contended entry: runs `TASKS` tasks of the given number of calls each and returns
+/// the wall time they took.
+type ContendedRun = Box<dyn Fn(u64) -> Duration>;
+
+thread_local! {
+    /// The contended entries of each group, registered by the group functions and measured,
+    /// in pairs, by [`contended`].
+    static CONTENDED: std::cell::RefCell<Vec<(String, String, ContendedRun)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Registers `svc` as entry `name` of `group`'s contended mode: 64 tasks on 2 worker
+/// threads share clones of it; the inner future is ready at once, so the two workers hammer
+/// the layer's shared state (its atomics and `Arc` counts) and nothing else. (With a future
+/// pending once, the cost per call was tokio's own timer wheel under contention, paid alike
+/// by every layer that arms a timer.)
+fn bench_contended<S>(_: &mut Criterion, group: &str, name: &str, svc: S)
 where
     S: Service<u64, Response = u64> + Clone + Send + 'static,
     S::Error: std::fmt::Debug + Send,
     S::Future: Send,
 {
-    const TASKS: u64 = 64;
-    let rt = contended_runtime();
-    let mut group = c.benchmark_group(format!("{group}/contended"));
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let per_task = iters.div_ceil(TASKS);
-            rt.block_on(async {
-                let start = tokio::time::Instant::now();
-                let tasks: Vec<_> = (0..TASKS)
-                    .map(|_| {
-                        let mut svc = svc.clone();
-                        tokio::spawn(async move {
-                            for i in 0..per_task {
-                                let res = svc.ready().await.unwrap().call(black_box(i)).await;
-                                black_box(res.unwrap());
-                            }
-                        })
+    let run: ContendedRun = Box::new(move |per_task| {
+        contended_runtime().block_on(async {
+            let start = tokio::time::Instant::now();
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let mut svc = svc.clone();
+                    tokio::spawn(async move {
+                        for i in 0..per_task {
+                            let res = svc.ready().await.unwrap().call(black_box(i)).await;
+                            black_box(res.unwrap());
+                        }
                     })
-                    .collect();
-                for task in tasks {
-                    task.await.unwrap();
-                }
-                // Scale to the `iters` criterion asked for.
-                start
-                    .elapsed()
-                    .mul_f64(iters as f64 / (per_task * TASKS) as f64)
-            })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            start.elapsed()
         })
     });
-    group.finish();
+    CONTENDED.with(|c| {
+        c.borrow_mut()
+            .push((group.to_owned(), name.to_owned(), run))
+    });
+}
+
+/// Measures the contended entries in rounds: each round runs every entry of a group once,
+/// back to back (in an order that rotates), and each entry's time added over the baseline is
+/// divided by its tower counterpart's from the same round.
+///
+/// Criterion's one-entry-at-a-time sampling is not used here: on this shared 2-vCPU machine a
+/// whole benchmark of contended calls landed at about 55 or about 215 ns per call for the
+/// same entry, depending (it seems) on where the host placed the two vCPUs at the time; entries
+/// measured minutes apart were not comparable. Entries run seconds apart, in pairs, are.
+///
+/// Prints a table per group and writes `target/criterion/contended.json` (read by
+/// `scripts/criterion_table.py`). `-- --test` runs one short round; a filter that does not
+/// contain `contended` skips it.
+fn contended(_: &mut Criterion) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let smoke = args.iter().any(|a| a == "--test");
+    let filters: Vec<&String> = args
+        .iter()
+        .filter(|a| !a.starts_with('-') && a.parse::<f64>().is_err())
+        .collect();
+    if !filters.is_empty() && !filters.iter().any(|f| f.contains("contended")) {
+        return;
+    }
+    let (rounds, per_task) = if smoke { (1, 10) } else { (21, 2_000) };
+    let entries = CONTENDED.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    let mut groups: Vec<String> = entries.iter().map(|(g, _, _)| g.clone()).collect();
+    groups.dedup();
+    let mut json = serde_json::Map::new();
+    for group in groups {
+        let mine: Vec<&(String, String, ContendedRun)> =
+            entries.iter().filter(|(g, _, _)| *g == group).collect();
+        // ns per call, per entry, per round.
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); mine.len()];
+        for round in 0..rounds {
+            for k in 0..mine.len() {
+                let i = (k + round) % mine.len();
+                let elapsed = (mine[i].2)(per_task);
+                times[i].push(elapsed.as_nanos() as f64 / (per_task * TASKS) as f64);
+            }
+        }
+        let index = |name: &str| mine.iter().position(|(_, n, _)| n == name);
+        let Some(base) = index("baseline") else {
+            continue;
+        };
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!("\n{group}/contended: {rounds} rounds of {TASKS} tasks x {per_task} calls, ns per call (median), added over the baseline, ratio of added to the counterpart's (median, min, max over rounds)");
+        let mut out = serde_json::Map::new();
+        for (i, (_, name, _)) in mine.iter().enumerate() {
+            let ns = median(times[i].clone());
+            let added = ns - median(times[base].clone());
+            let mut entry = serde_json::json!({ "ns": ns, "added": added });
+            let counterpart = counterpart(&group, name).and_then(index);
+            let mut line = format!("  {name:24} {ns:8.1} {added:8.1}");
+            if let Some(j) = counterpart {
+                let ratios: Vec<f64> = (0..rounds)
+                    .map(|r| (times[i][r] - times[base][r]) / (times[j][r] - times[base][r]))
+                    .collect();
+                let (lo, hi) = ratios
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                let mid = median(ratios);
+                line += &format!("   {mid:.2} ({lo:.2} to {hi:.2}) vs {}", mine[j].1);
+                entry["ratio"] = serde_json::json!({
+                    "vs": mine[j].1, "median": mid, "min": lo, "max": hi
+                });
+            }
+            println!("{line}");
+            out.insert(name.clone(), entry);
+        }
+        json.insert(group, serde_json::Value::Object(out));
+    }
+    if !smoke {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion");
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("contended.json");
+        if let Err(e) = std::fs::write(&path, serde_json::Value::Object(json).to_string()) {
+            eprintln!("could not write {}: {e}", path.display());
+        }
+    }
+}
+
+/// The tower entry each bulwark entry is compared with (as in `scripts/criterion_table.py`).
+fn counterpart(group: &str, name: &str) -> Option<&'static str> {
+    match (group, name) {
+        ("timeout", "bulwark") => Some("tower"),
+        ("bulkhead", "bulwark" | "bulwark_max_wait") => Some("tower_concurrency_limit"),
+        ("circuit_breaker", "bulwark" | "bulwark_windows") => Some("tower_concurrency_limit"),
+        ("retry", "bulwark") => Some("tower_budget"),
+        ("retry", "bulwark_no_budget") => Some("tower"),
+        ("stack", "bulwark" | "bulwark_as_tower") => Some("tower"),
+        _ => None,
+    }
 }
 
 fn bulkhead(c: &mut Criterion) {
@@ -545,5 +659,13 @@ fn timeout(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, timeout, bulkhead, circuit_breaker, retry, stack);
+criterion_group!(
+    benches,
+    timeout,
+    bulkhead,
+    circuit_breaker,
+    retry,
+    stack,
+    contended
+);
 criterion_main!(benches);
