@@ -257,19 +257,62 @@ where
 /// same entry, depending (it seems) on where the host placed the two vCPUs at the time; entries
 /// measured minutes apart were not comparable. Entries run seconds apart, in pairs, are.
 ///
-/// Prints a table per group and writes `target/criterion/contended.json` (read by
-/// `scripts/criterion_table.py`). `-- --test` runs one short round; a filter that does not
-/// contain `contended` skips it.
+/// Prints a table per group and writes `contended.json` beside criterion's results (read by
+/// `scripts/criterion_table.py`). As for criterion: `--test`, or no `--bench` (as under
+/// `cargo test --benches`), runs one short round and writes nothing; `--list` and
+/// `--profile-time` skip it; filters select the groups with an entry
+/// (`{group}/contended/{name}`) that contains one of them.
 fn contended(_: &mut Criterion) {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let smoke = args.iter().any(|a| a == "--test");
-    let filters: Vec<&String> = args
-        .iter()
-        .filter(|a| !a.starts_with('-') && a.parse::<f64>().is_err())
-        .collect();
-    if !filters.is_empty() && !filters.iter().any(|f| f.contains("contended")) {
+    let flag = |f: &str| {
+        args.iter()
+            .any(|a| a == f || a.starts_with(&format!("{f}=")))
+    };
+    if flag("--list") || flag("--profile-time") || flag("--ignored") {
         return;
     }
+    let smoke = flag("--test") || !flag("--bench");
+    // Criterion's options that take a value: that value is not a filter.
+    const VALUED: &[&str] = &[
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--save-baseline",
+        "-s",
+        "--baseline",
+        "-b",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--color",
+        "-c",
+        "--format",
+        "--output-format",
+        "--plotting-backend",
+        "--profile-time",
+    ];
+    let mut filters = Vec::new();
+    let mut skip_value = false;
+    for arg in &args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg.starts_with('-') {
+            skip_value = VALUED.contains(&arg.as_str());
+        } else {
+            filters.push(arg.as_str());
+        }
+    }
+    let wanted = |group: &str, names: &[&str]| {
+        filters.is_empty()
+            || names.iter().any(|name| {
+                let id = format!("{group}/contended/{name}");
+                filters.iter().any(|f| id.contains(f))
+            })
+    };
     let (rounds, per_task) = if smoke { (1, 10) } else { (21, 2_000) };
     let entries = CONTENDED.with(|c| std::mem::take(&mut *c.borrow_mut()));
     let mut groups: Vec<String> = entries.iter().map(|(g, _, _)| g.clone()).collect();
@@ -278,6 +321,10 @@ fn contended(_: &mut Criterion) {
     for group in groups {
         let mine: Vec<&(String, String, ContendedRun)> =
             entries.iter().filter(|(g, _, _)| *g == group).collect();
+        let names: Vec<&str> = mine.iter().map(|(_, n, _)| n.as_str()).collect();
+        if !wanted(&group, &names) {
+            continue;
+        }
         // ns per call, per entry, per round.
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); mine.len()];
         for round in 0..rounds {
@@ -301,12 +348,21 @@ fn contended(_: &mut Criterion) {
             let ns = median(times[i].clone());
             let added = ns - median(times[base].clone());
             let mut entry = serde_json::json!({ "ns": ns, "added": added });
-            let counterpart = counterpart(&group, name).and_then(index);
             let mut line = format!("  {name:24} {ns:8.1} {added:8.1}");
-            if let Some(j) = counterpart {
-                let ratios: Vec<f64> = (0..rounds)
-                    .map(|r| (times[i][r] - times[base][r]) / (times[j][r] - times[base][r]))
-                    .collect();
+            // No ratio against a counterpart that adds next to nothing (tower's never-retry
+            // `Retry` adds about 1 ns): it would be noise over noise.
+            let counterpart = counterpart(&group, name)
+                .and_then(index)
+                .filter(|&j| median(times[j].clone()) - median(times[base].clone()) >= 2.0);
+            let ratios: Vec<f64> = counterpart
+                .map(|j| {
+                    (0..rounds)
+                        .map(|r| (times[i][r] - times[base][r]) / (times[j][r] - times[base][r]))
+                        .filter(|x| x.is_finite())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let (Some(j), false) = (counterpart, ratios.is_empty()) {
                 let (lo, hi) = ratios
                     .iter()
                     .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
@@ -322,7 +378,17 @@ fn contended(_: &mut Criterion) {
         json.insert(group, serde_json::Value::Object(out));
     }
     if !smoke {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion");
+        // Where criterion writes its own results.
+        let dir = match (
+            std::env::var_os("CRITERION_HOME"),
+            std::env::var_os("CARGO_TARGET_DIR"),
+        ) {
+            (Some(home), _) => std::path::PathBuf::from(home),
+            (None, Some(target)) => std::path::PathBuf::from(target).join("criterion"),
+            (None, None) => {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion")
+            }
+        };
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("contended.json");
         if let Err(e) = std::fs::write(&path, serde_json::Value::Object(json).to_string()) {

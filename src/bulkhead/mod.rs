@@ -119,6 +119,10 @@ enum Slots {
 }
 
 /// The state one bulkhead's clones share.
+///
+/// Held by an `Arc` whose count every call changes: aligned so that the count's cache line is
+/// not the one the settings are read from.
+#[repr(align(128))]
 pub(crate) struct Shared {
     name: Arc<str>,
     max_concurrent: usize,

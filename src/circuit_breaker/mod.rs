@@ -105,12 +105,14 @@
 //! # Cost
 //!
 //! The state machine is one atomic word: admission in Closed is one atomic load, and a success
-//! that follows a success writes nothing to it. A call that succeeds while Closed costs that
-//! load (read again when it completes), one clone of the breaker's `Arc` for its response
-//! future, and one increment of the shared call counter. No lock is taken on any path, and an
-//! admitted call allocates nothing (a rejection's error is boxed, as a `BoxError`). The
-//! windows are rings of atomics (a count window) or buckets (a time window), O(1) per call.
-//! The clock is read per call only with a slow-call rule or a time window.
+//! that follows a success writes nothing to it. A call that succeeds while Closed reads the
+//! word three times (when the service is readied, when it is called, when the call
+//! completes), clones and drops the breaker's `Arc` (its response future's handle), and adds
+//! one to a call counter striped by thread (so that two threads do not pass its cache line
+//! back and forth). No lock is taken on any path, and an admitted call allocates nothing (a
+//! rejection's error is boxed, as a `BoxError`). The windows are rings of atomics (a count
+//! window) or buckets (a time window), O(1) per call. The clock is read per call only with a
+//! slow-call rule or a time window.
 //!
 //! [`failure_rate_over_calls`]: CircuitBreakerLayerBuilder::failure_rate_over_calls
 //! [`failure_rate_over_time`]: CircuitBreakerLayerBuilder::failure_rate_over_time

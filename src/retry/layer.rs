@@ -18,6 +18,10 @@ const COMPONENT: &str = "retry";
 // === Shared ===
 
 /// The state every clone of one retry layer shares.
+///
+/// Held by an `Arc` whose count every call changes: aligned so that the count's cache line is
+/// not the one the settings are read from.
+#[repr(align(128))]
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) max_attempts: u32,

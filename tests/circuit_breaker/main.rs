@@ -192,7 +192,7 @@ async fn a_call_waiting_for_the_inner_service_is_rejected_if_the_breaker_trips_m
     let (layer, handle) = breaker(CircuitBreakerLayer::builder("b").consecutive_failures(1));
     let (mut waiting, mut inner) = mock::spawn_layer::<u32, u32, _>(layer.clone());
     inner.allow(0);
-    assert_pending!(waiting.poll_ready()); // admitted while Closed, waits for the inner service
+    assert_pending!(waiting.poll_ready()); // Closed (nothing held), waits for the inner service
 
     // Another clone trips the breaker meanwhile.
     let down = Downstream::default();
@@ -214,7 +214,40 @@ async fn a_call_waiting_for_the_inner_service_is_rejected_if_the_breaker_trips_m
 async fn an_admission_gone_stale_before_call_is_decided_again_at_call() {
     let (layer, handle) = breaker(CircuitBreakerLayer::builder("b"));
     let (mut svc, mut inner) = mock::spawn_layer::<u32, u32, _>(layer);
-    assert_ready_ok!(svc.poll_ready()); // admitted while Closed
+    assert_ready_ok!(svc.poll_ready()); // Closed: admitted, nothing held
+    handle.force_open();
+    let err = assert_ready_err!(task::spawn(svc.call(1)).poll());
+    assert!(is_open(&err));
+    assert!(inner.poll_request().is_pending());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_probe_pass_gone_stale_before_call_is_decided_again_and_rejected() {
+    let (layer, handle) = probing_breaker(1);
+    let down = Downstream::default();
+    down.fail(true);
+    layer.layer(down.service()).oneshot(1).await.unwrap_err();
+    time::advance(Duration::from_secs(1)).await;
+
+    let (mut svc, mut inner) = mock::spawn_layer::<u32, u32, _>(layer.clone());
+    assert_ready_ok!(svc.poll_ready()); // HalfOpen: holds the only probe slot
+    assert_eq!(handle.probes_in_flight(), 1);
+    handle.force_open();
+    let err = assert_ready_err!(task::spawn(svc.call(1)).poll());
+    assert!(is_open(&err), "decided again at call, and rejected");
+    assert!(
+        inner.poll_request().is_pending(),
+        "the inner service was not called"
+    );
+    assert_eq!(handle.counters().rejections, 1);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_bypass_pass_gone_stale_before_call_is_decided_again() {
+    let (layer, handle) = breaker(CircuitBreakerLayer::builder("b"));
+    handle.force_closed();
+    let (mut svc, mut inner) = mock::spawn_layer::<u32, u32, _>(layer);
+    assert_ready_ok!(svc.poll_ready()); // ForcedClosed: a bypass pass, kept
     handle.force_open();
     let err = assert_ready_err!(task::spawn(svc.call(1)).poll());
     assert!(is_open(&err));

@@ -56,8 +56,8 @@ pub struct AppState {
 pub struct BenchClients {
     /// No layer at all: `GET /bench/raw/catalog`.
     pub raw: crate::client::Downstream,
-    /// tower's `Timeout` only, as long as the stack's total timeout:
-    /// `GET /bench/timeout/catalog`.
+    /// tower's `Timeout` only, as long as the stacks' default total timeout
+    /// ([`TOTAL_TIMEOUT`](crate::TOTAL_TIMEOUT)): `GET /bench/timeout/catalog`.
     pub timeout: crate::client::Downstream,
 }
 

@@ -587,6 +587,7 @@ async fn the_load_scripts_reference_routes_serve_the_catalog_only_when_mounted()
             "{path} without --bench-routes"
         );
     }
+    gw.shutdown().await;
 
     let gw = common::start_with_bench_routes().await;
     let http = Http::new(&gw);
@@ -600,4 +601,5 @@ async fn the_load_scripts_reference_routes_serve_the_catalog_only_when_mounted()
         assert_eq!(a.status, StatusCode::OK, "{path}");
         assert_eq!(a.body, catalog.body, "{path} serves what /api/catalog does");
     }
+    gw.shutdown().await;
 }
