@@ -25,13 +25,19 @@ pub struct Faults {
     /// How many of the next requests get the latency (`u64::MAX`: all).
     slow_requests: AtomicU64,
     down: watch::Sender<bool>,
+    /// Only requests whose path contains this get the faults above (`down` aside).
+    path: std::sync::Mutex<Option<String>>,
+    /// A request held by the latency is still handled if its caller hangs up meanwhile.
+    finish_when_abandoned: std::sync::atomic::AtomicBool,
+    /// Requests inside the service (in the fault middleware) now.
+    in_flight: AtomicU64,
     rng: AtomicU64,
     /// The `x-request-id` and `traceparent` of the last request, to check propagation.
     last_seen: std::sync::Mutex<(Option<String>, Option<String>)>,
 }
 
 /// The faults as the admin API shows and takes them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSettings {
     /// The share of requests answered 503 at once, in [0, 1].
@@ -47,9 +53,17 @@ pub struct FaultSettings {
     /// How many of the next requests get the latencies; all of them when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_requests: Option<u64>,
-    /// Whether the service refuses connections.
+    /// Whether the service refuses connections (always the whole service).
     #[serde(default)]
     pub down: bool,
+    /// Only requests whose path contains this get the error rate and the latencies (and count
+    /// towards `slow_requests`), e.g. `"/confirm"`; every request when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A request held by `latency_ms` is still handled if its caller hangs up meanwhile, as a
+    /// request stuck in a queue would be (by default it is dropped with the connection).
+    #[serde(default)]
+    pub finish_when_abandoned: bool,
 }
 
 impl FaultSettings {
@@ -64,6 +78,11 @@ impl FaultSettings {
         if self.delay_response_ms > 600_000 {
             return Err("`delay_response_ms` must be at most 600000 (10 minutes)".into());
         }
+        if let Some(path) = &self.path {
+            if path.is_empty() || path.len() > 200 {
+                return Err("`path` must be 1 to 200 characters".into());
+            }
+        }
         Ok(())
     }
 }
@@ -76,6 +95,9 @@ impl Default for Faults {
             delay_response_ms: AtomicU64::new(0),
             slow_requests: AtomicU64::new(u64::MAX),
             down: watch::Sender::new(false),
+            path: std::sync::Mutex::new(None),
+            finish_when_abandoned: std::sync::atomic::AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
             last_seen: std::sync::Mutex::new((None, None)),
         }
@@ -94,6 +116,8 @@ impl Faults {
                 n => Some(n),
             },
             down: *self.down.borrow(),
+            path: self.path.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            finish_when_abandoned: self.finish_when_abandoned.load(Ordering::Relaxed),
         }
     }
 
@@ -109,7 +133,15 @@ impl Faults {
             settings.slow_requests.unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        *self.path.lock().unwrap_or_else(|e| e.into_inner()) = settings.path;
+        self.finish_when_abandoned
+            .store(settings.finish_when_abandoned, Ordering::Relaxed);
         self.down.send_replace(settings.down);
+    }
+
+    /// Requests inside the service now (a request held by a latency counts until answered).
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// The `x-request-id` and `traceparent` the service last received.
@@ -167,8 +199,17 @@ impl FaultRegistry {
     }
 }
 
+/// Counts a request out of the service when it is answered (or dropped).
+struct InFlight<'a>(&'a Faults);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Middleware for a downstream service: adds the latency, then fails the configured share of
-/// requests with a 503.
+/// requests with a 503 (only on the configured path, when one is set).
 pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: Next) -> Response {
     let seen = {
         let header = |name: &str| {
@@ -181,7 +222,14 @@ pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: N
         (header("x-request-id"), header("traceparent"))
     };
     *faults.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+    faults.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight(&faults);
     let settings = faults.get();
+    if let Some(path) = &settings.path {
+        if !request.uri().path().contains(path.as_str()) {
+            return next.run(request).await;
+        }
+    }
     let slow = (settings.latency_ms > 0 || settings.delay_response_ms > 0)
         && faults
             .slow_requests
@@ -191,9 +239,44 @@ pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: N
                 n => Some(n - 1),
             })
             .is_ok();
+    if slow && settings.latency_ms > 0 && settings.finish_when_abandoned {
+        // Held, then handled to the end in a task of its own, whether or not the caller
+        // is still there; counted in flight until then.
+        let latency = Duration::from_millis(settings.latency_ms);
+        let held = faults.clone();
+        // Counted before the task starts, so the count never dips to zero in between.
+        held.in_flight.fetch_add(1, Ordering::SeqCst);
+        let task = tokio::spawn(async move {
+            let _in_flight = InFlight(&held);
+            tokio::time::sleep(latency).await;
+            finish(&held, &settings, request, next).await
+        });
+        return task.await.unwrap_or_else(|_| {
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the held request failed",
+            )
+            .into_response()
+        });
+    }
     if slow && settings.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
     }
+    let response = finish(&faults, &settings, request, next).await;
+    if slow && settings.delay_response_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(settings.delay_response_ms)).await;
+    }
+    response
+}
+
+/// Fails the configured share of requests with a 503; handles the rest.
+async fn finish(
+    faults: &Faults,
+    settings: &FaultSettings,
+    request: Request,
+    next: Next,
+) -> Response {
     if settings.error_rate > 0.0 && faults.random() < settings.error_rate {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -202,9 +285,5 @@ pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: N
         )
         .into_response();
     }
-    let response = next.run(request).await;
-    if slow && settings.delay_response_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(settings.delay_response_ms)).await;
-    }
-    response
+    next.run(request).await
 }

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{assert_consistent, eventually, start, Http};
+use common::{assert_consistent, eventually, eventually_within, start, Http};
 use gateway::Options;
 use http_body_util::Full;
 use hyper::{Method, Request, StatusCode};
@@ -299,6 +299,15 @@ async fn bad_input_gets_a_4xx_with_a_json_body_naming_the_problem() {
         .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.body["detail"].as_str().unwrap().contains("`error_rate`"));
+    let a = http
+        .send(
+            Method::PUT,
+            "/admin/faults/payment",
+            Some(r#"{"path":""}"#.into()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body["detail"].as_str().unwrap().contains("`path`"));
     let a = http
         .send(Method::PUT, "/admin/faults/billing", Some("{}".into()))
         .await;
@@ -601,5 +610,93 @@ async fn the_load_scripts_reference_routes_serve_the_catalog_only_when_mounted()
         assert_eq!(a.status, StatusCode::OK, "{path}");
         assert_eq!(a.body, catalog.body, "{path} serves what /api/catalog does");
     }
+    gw.shutdown().await;
+}
+
+/// A confirm that landed but whose answer was lost: the saga cancels first, as a fence, finds
+/// the order confirmed, and undoes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirm_whose_answer_was_lost_is_found_confirmed_and_nothing_is_undone() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    // Only the confirms' answers are late (past the 1 s attempt timeout); the cancel is not.
+    http.fault(
+        "order",
+        json!({ "delay_response_ms": 1500, "path": "/confirm" }),
+    )
+    .await;
+    let a = http.order("jo", "sku-lamp", 1).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["status"], "confirmed");
+    let saga = http
+        .send(
+            Method::GET,
+            &format!("/api/sagas/{}", a.body["saga_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(saga.body["state"], "confirmed", "{}", saga.body);
+    let steps = saga.body["steps"].as_array().unwrap();
+    let last = steps.last().unwrap();
+    assert_eq!(last["name"], "confirm_order", "{steps:?}");
+    assert_eq!(
+        last["detail"], "confirmed; its answer was lost",
+        "{steps:?}"
+    );
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["name"] != "void_payment" && s["name"] != "release_inventory"),
+        "nothing undone: {steps:?}"
+    );
+    let id = a.body["order_id"].as_str().unwrap().to_owned();
+    let agg = http
+        .send(Method::GET, &format!("/api/orders/{id}"), None)
+        .await;
+    assert_eq!(agg.body["payment"]["status"], "captured");
+    assert_eq!(agg.body["reservation"]["status"], "reserved");
+
+    let faults = gw.faults.get("order").unwrap().clone();
+    eventually("the late confirms answered", || faults.in_flight() == 0).await;
+    assert_consistent(&gw);
+    gw.shutdown().await;
+}
+
+/// A confirm that had not landed when the gateway gave up on it: the cancel goes first and
+/// fences it, the saga compensates, and the confirm that arrives later is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirm_that_lands_after_the_cancel_is_refused_and_the_saga_compensated() {
+    let gw = start().await;
+    let http = Http::new(&gw);
+    // Every confirm is held before it acts for longer than the gateway keeps trying, and
+    // then acts all the same.
+    http.fault(
+        "order",
+        json!({ "latency_ms": 6000, "path": "/confirm", "finish_when_abandoned": true }),
+    )
+    .await;
+    let a = http.order("jo", "sku-lamp", 1).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(a.body["failed_step"], "confirm_order");
+    let id = a.body["order_id"].as_str().unwrap().to_owned();
+
+    // The held confirms reach the order service after the cancel: refused.
+    let faults = gw.faults.get("order").unwrap().clone();
+    eventually_within(
+        "the held confirms answered",
+        Duration::from_secs(15),
+        || faults.in_flight() == 0,
+    )
+    .await;
+    let order = gw
+        .orders
+        .orders()
+        .into_iter()
+        .find(|o| o.order_id == id)
+        .unwrap();
+    assert_eq!(order.status, "cancelled");
+    let sagas = gw.state.sagas.clone();
+    eventually("compensations done", || sagas.pending() == 0).await;
+    assert_consistent(&gw);
     gw.shutdown().await;
 }
