@@ -186,9 +186,9 @@ async fn soak(secs: u64, clients: u64, scale: u64) {
             json!({ "error_rate": 0.5 }),
         ),
         (
-            "inventory slower than the attempt timeout",
+            "inventory slower than the attempt timeout (held requests still handled)",
             "inventory",
-            json!({ "latency_ms": 1500 }),
+            json!({ "latency_ms": 1500, "finish_when_abandoned": true }),
         ),
         (
             "payment refuses connections",
@@ -248,6 +248,19 @@ async fn soak(secs: u64, clients: u64, scale: u64) {
         "no saga runs and no compensation waits",
         Duration::from_secs(600),
         || sagas.running() == 0 && sagas.pending() == 0,
+    )
+    .await;
+    // And no request is still held inside a service (a held reservation that lands late must
+    // be checked too).
+    let faults = gw.faults.clone();
+    eventually_within(
+        "no request held in a service",
+        Duration::from_secs(30),
+        || {
+            ["order", "payment", "inventory"]
+                .iter()
+                .all(|s| faults.get(s).is_some_and(|f| f.in_flight() == 0))
+        },
     )
     .await;
 
