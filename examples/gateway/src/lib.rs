@@ -140,32 +140,46 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// answered 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// How long a shutdown waits for the requests in flight before it closes their connections.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `router` on `listener` until `shutdown` resolves, draining requests in flight, with
-/// the default [`HEADER_READ_TIMEOUT`].
+/// the default [`HEADER_READ_TIMEOUT`] and [`DRAIN_TIMEOUT`].
 pub fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {
-    serve_with(listener, router, shutdown, HEADER_READ_TIMEOUT)
+    serve_with(
+        listener,
+        router,
+        shutdown,
+        HEADER_READ_TIMEOUT,
+        DRAIN_TIMEOUT,
+    )
 }
 
-/// As [`serve`], with `header_read_timeout`. HTTP/1 connections through hyper, with the head
-/// size bounded by [`MAX_HEAD_BYTES`]; each request carries its peer's address as
-/// `ConnectInfo<SocketAddr>`.
+/// As [`serve`], with `header_read_timeout` and `drain`. HTTP/1 connections through hyper,
+/// with the head size bounded by [`MAX_HEAD_BYTES`]; each request carries its peer's address
+/// as `ConnectInfo<SocketAddr>`. On shutdown the listener closes, idle connections close, and
+/// requests in flight get `drain` to finish; connections still busy then are closed.
 pub fn serve_with(
     listener: TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     header_read_timeout: Duration,
+    drain: Duration,
 ) -> JoinHandle<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        // The connections' tasks, reaped as they end, to be closed if the drain runs out.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let (stream, peer) = tokio::select! {
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(err) => {
@@ -193,13 +207,22 @@ pub fn serve_with(
                 .max_header_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             let connection = graceful.watch(connection);
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let _ = connection.await;
             });
         }
         drop(listener);
-        // Drain: requests in flight finish; idle connections close.
-        let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+        // Drain: requests in flight finish; idle connections close. Then close what is left.
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "{} connections still busy after {drain:?}: closing them",
+                connections.len()
+            );
+        }
+        connections.shutdown().await;
     })
 }
 
@@ -394,6 +417,7 @@ pub async fn start_gateway(
             let _ = stop.wait_for(|s| *s).await;
         },
         options.header_read_timeout,
+        DRAIN_TIMEOUT,
     );
     // After the HTTP requests have drained: let the sagas under way finish, then stop the
     // background work. Compensations still waiting for their services are reported.

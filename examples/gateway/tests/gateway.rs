@@ -700,3 +700,53 @@ async fn a_confirm_that_lands_after_the_cancel_is_refused_and_the_saga_compensat
     assert_consistent(&gw);
     gw.shutdown().await;
 }
+
+/// A request still running when the drain window ends has its connection closed: a shutdown
+/// does not wait on it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_running_after_the_drain_window_is_cut_off() {
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let router = {
+        let entered = entered.clone();
+        axum::Router::new().route(
+            "/slow",
+            axum::routing::get(move || {
+                let entered = entered.clone();
+                async move {
+                    entered.notify_one();
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "late"
+                }
+            }),
+        )
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = gateway::serve_with(
+        listener,
+        router,
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(2),
+        Duration::from_millis(300),
+    );
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = tokio::spawn(client.get(format!("http://{addr}/slow").parse().unwrap()));
+    entered.notified().await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stopped soon after the drain window")
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), request)
+        .await
+        .expect("the client heard at once")
+        .unwrap();
+    assert!(
+        answer.is_err(),
+        "the connection was closed without an answer"
+    );
+}
