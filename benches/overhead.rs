@@ -260,8 +260,8 @@ where
 /// Prints a table per group and writes `contended.json` beside criterion's results (read by
 /// `scripts/criterion_table.py`). As for criterion: `--test`, or no `--bench` (as under
 /// `cargo test --benches`), runs one short round and writes nothing; `--list` and
-/// `--profile-time` skip it; filters select the groups with an entry
-/// (`{group}/contended/{name}`) that contains one of them.
+/// `--profile-time` skip it; a filter (a regular expression, or a whole name with `--exact`)
+/// selects the groups with an entry (`{group}/contended/{name}`) it matches.
 fn contended(_: &mut Criterion) {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |f: &str| {
@@ -306,11 +306,25 @@ fn contended(_: &mut Criterion) {
             filters.push(arg.as_str());
         }
     }
+    // As criterion reads its filter: a regular expression, or the whole name with `--exact`.
+    let exact = flag("--exact");
+    let patterns: Vec<regex::Regex> = if exact {
+        Vec::new()
+    } else {
+        filters
+            .iter()
+            .filter_map(|f| regex::Regex::new(f).ok())
+            .collect()
+    };
     let wanted = |group: &str, names: &[&str]| {
         filters.is_empty()
             || names.iter().any(|name| {
                 let id = format!("{group}/contended/{name}");
-                filters.iter().any(|f| id.contains(f))
+                if exact {
+                    filters.iter().any(|f| *f == id)
+                } else {
+                    patterns.iter().any(|p| p.is_match(&id))
+                }
             })
     };
     let (rounds, per_task) = if smoke { (1, 10) } else { (21, 2_000) };
@@ -323,6 +337,9 @@ fn contended(_: &mut Criterion) {
             entries.iter().filter(|(g, _, _)| *g == group).collect();
         let names: Vec<&str> = mine.iter().map(|(_, n, _)| n.as_str()).collect();
         if !wanted(&group, &names) {
+            continue;
+        }
+        if !names.contains(&"baseline") {
             continue;
         }
         // ns per call, per entry, per round.
@@ -377,7 +394,7 @@ fn contended(_: &mut Criterion) {
         }
         json.insert(group, serde_json::Value::Object(out));
     }
-    // Nothing measured (every group filtered out): keep the last results.
+    // The groups measured replace their last results; the others' are kept.
     if !smoke && !json.is_empty() {
         // Where criterion writes its own results.
         let dir = match (
@@ -392,7 +409,12 @@ fn contended(_: &mut Criterion) {
         };
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("contended.json");
-        if let Err(e) = std::fs::write(&path, serde_json::Value::Object(json).to_string()) {
+        let mut all = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Map<_, _>>(&text).ok())
+            .unwrap_or_default();
+        all.extend(json);
+        if let Err(e) = std::fs::write(&path, serde_json::Value::Object(all).to_string()) {
             eprintln!("could not write {}: {e}", path.display());
         }
     }

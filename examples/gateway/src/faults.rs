@@ -199,17 +199,26 @@ impl FaultRegistry {
     }
 }
 
-/// Counts a request out of the service when it is answered (or dropped).
-struct InFlight<'a>(&'a Faults);
+/// One request inside a service: counted in when made, out when dropped (answered, abandoned
+/// by its caller, or done in a task of its own), so the count is exact on every path.
+struct InFlight(Arc<Faults>);
 
-impl Drop for InFlight<'_> {
+impl InFlight {
+    fn enter(faults: &Arc<Faults>) -> Self {
+        faults.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(faults.clone())
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// Middleware for a downstream service: adds the latency, then fails the configured share of
-/// requests with a 503 (only on the configured path, when one is set).
+/// requests with a 503 (only on the configured path, when one is set), then delays the answer
+/// of a request the service handled.
 pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: Next) -> Response {
     let seen = {
         let header = |name: &str| {
@@ -222,8 +231,7 @@ pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: N
         (header("x-request-id"), header("traceparent"))
     };
     *faults.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
-    faults.in_flight.fetch_add(1, Ordering::SeqCst);
-    let _in_flight = InFlight(&faults);
+    let in_flight = InFlight::enter(&faults);
     let settings = faults.get();
     if let Some(path) = &settings.path {
         if !request.uri().path().contains(path.as_str()) {
@@ -240,16 +248,12 @@ pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: N
             })
             .is_ok();
     if slow && settings.latency_ms > 0 && settings.finish_when_abandoned {
-        // Held, then handled to the end in a task of its own, whether or not the caller
-        // is still there; counted in flight until then.
-        let latency = Duration::from_millis(settings.latency_ms);
-        let held = faults.clone();
-        // Counted before the task starts, so the count never dips to zero in between.
-        held.in_flight.fetch_add(1, Ordering::SeqCst);
+        // Held, then handled to the end in a task of its own, whether or not the caller is
+        // still there; counted in flight (once) until then.
         let task = tokio::spawn(async move {
-            let _in_flight = InFlight(&held);
-            tokio::time::sleep(latency).await;
-            finish(&held, &settings, request, next).await
+            let _in_flight = in_flight;
+            tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
+            handle(&faults, &settings, slow, request, next).await
         });
         return task.await.unwrap_or_else(|_| {
             json_error(
@@ -263,17 +267,15 @@ pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: N
     if slow && settings.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
     }
-    let response = finish(&faults, &settings, request, next).await;
-    if slow && settings.delay_response_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(settings.delay_response_ms)).await;
-    }
-    response
+    handle(&faults, &settings, slow, request, next).await
 }
 
-/// Fails the configured share of requests with a 503; handles the rest.
-async fn finish(
+/// Fails the configured share of requests with a 503 at once; handles the rest, and delays
+/// their answer when the request is `slow` (the service acted: only the answer is late).
+async fn handle(
     faults: &Faults,
     settings: &FaultSettings,
+    slow: bool,
     request: Request,
     next: Next,
 ) -> Response {
@@ -285,5 +287,9 @@ async fn finish(
         )
         .into_response();
     }
-    next.run(request).await
+    let response = next.run(request).await;
+    if slow && settings.delay_response_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(settings.delay_response_ms)).await;
+    }
+    response
 }

@@ -217,6 +217,7 @@ pub fn serve_with(
             .await
             .is_err()
         {
+            while connections.try_join_next().is_some() {}
             eprintln!(
                 "{} connections still busy after {drain:?}: closing them",
                 connections.len()

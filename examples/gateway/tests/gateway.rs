@@ -679,9 +679,14 @@ async fn a_confirm_that_lands_after_the_cancel_is_refused_and_the_saga_compensat
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
     assert_eq!(a.body["failed_step"], "confirm_order");
     let id = a.body["order_id"].as_str().unwrap().to_owned();
+    let faults = gw.faults.get("order").unwrap().clone();
+    // The saga gave up after about 3 s; the confirms are held until about 6 s.
+    assert!(
+        faults.in_flight() >= 1,
+        "the confirms are still held in the order service"
+    );
 
     // The held confirms reach the order service after the cancel: refused.
-    let faults = gw.faults.get("order").unwrap().clone();
     eventually_within(
         "the held confirms answered",
         Duration::from_secs(15),
