@@ -223,11 +223,7 @@ async fn an_admission_gone_stale_before_call_is_decided_again_at_call() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_probe_pass_gone_stale_before_call_is_decided_again_and_rejected() {
-    let (layer, handle) = probing_breaker(1);
-    let down = Downstream::default();
-    down.fail(true);
-    layer.layer(down.service()).oneshot(1).await.unwrap_err();
-    time::advance(Duration::from_secs(1)).await;
+    let (layer, handle, _down) = due_for_a_probe(1).await;
 
     let (mut svc, mut inner) = mock::spawn_layer::<u32, u32, _>(layer.clone());
     assert_ready_ok!(svc.poll_ready()); // HalfOpen: holds the only probe slot
@@ -256,11 +252,7 @@ async fn a_bypass_pass_gone_stale_before_call_is_decided_again() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn an_inner_readiness_error_gives_the_probe_slot_back() {
-    let (layer, handle) = probing_breaker(1);
-    let down = Downstream::default();
-    down.fail(true);
-    layer.layer(down.service()).oneshot(1).await.unwrap_err();
-    time::advance(Duration::from_secs(1)).await;
+    let (layer, handle, down) = due_for_a_probe(1).await;
 
     let (mut broken, mut broken_inner) = mock::spawn_layer::<u32, u32, _>(layer.clone());
     broken_inner.allow(0);
@@ -436,6 +428,19 @@ async fn an_open_breaker_is_ready_without_polling_the_inner_service() {
     assert_eq!(fut.await.unwrap(), 3);
 }
 
+/// A [`probing_breaker`] tripped by one failing call and at the end of its break: the next call
+/// takes a probe slot. Returns its failing downstream too.
+async fn due_for_a_probe(
+    max_probes: u32,
+) -> (CircuitBreakerLayer, CircuitBreakerHandle, Downstream) {
+    let (layer, handle) = probing_breaker(max_probes);
+    let down = Downstream::default();
+    down.fail(true);
+    layer.layer(down.service()).oneshot(1).await.unwrap_err();
+    time::advance(Duration::from_secs(1)).await;
+    (layer, handle, down)
+}
+
 fn probing_breaker(max_probes: u32) -> (CircuitBreakerLayer, CircuitBreakerHandle) {
     breaker(
         CircuitBreakerLayer::builder("b")
@@ -524,12 +529,8 @@ async fn a_dropped_probe_gives_its_slot_back() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_probe_slot_reserved_by_poll_ready_is_released_by_dropping_the_service_not_copied_by_clone(
 ) {
-    let (layer, handle) = probing_breaker(1);
+    let (layer, handle, _down) = due_for_a_probe(1).await;
     let svc = layer.layer(Downstream::default().service());
-    let down = Downstream::default();
-    down.fail(true);
-    layer.layer(down.service()).oneshot(1).await.unwrap_err();
-    time::advance(Duration::from_secs(1)).await;
 
     let mut holder = svc.clone();
     std::future::poll_fn(|cx| holder.poll_ready(cx))
